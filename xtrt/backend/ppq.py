@@ -1,0 +1,338 @@
+"""The only module that imports PPQ.
+
+It holds the compatibility shim call, installs xtrt's op handlers into PPQ, runs calibration
+(optionally LSQ), PPQ's graph-wise / layer-wise analysis, and builds PPQ executors for profiling.
+Everything it returns is plain Python / numpy: nothing else in xtrt knows PPQ's names.
+
+Quantizer choice: ``TensorRTQuantizer_InputOnly`` (PPQ's own TRT variant) quantizes the inputs of
+Conv/ConvTranspose/Gemm/MatMul/AveragePool/GlobalAveragePool only, with per-channel weights and
+float biases.  That is the placement TensorRT fuses (Q/DQ in front of weighted layers; activations
+such as SiLU fuse into the convolution), so PPQ's simulation and our exported Q/DQ graph agree,
+and elementwise decode tails (box coordinates concatenated with scores) are never squeezed into
+one INT8 scale.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from xtrt.errors import QuantizationError, UnsupportedOpError
+
+__all__ = ["ppq_version", "CalibrationResult", "calibrate", "graphwise_error", "layerwise_error",
+           "simulate", "build_executor", "QUANTIZED_OP_TYPES"]
+
+log = logging.getLogger(__name__)
+
+QUANTIZED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool",
+                      "GlobalAveragePool")
+_INSTALLED_HANDLERS: set[str] = set()
+
+
+class _LogWriter(io.StringIO):
+    """Collects PPQ's prints and forwards them to our logger at debug level."""
+
+    def getvalue_lines(self) -> list[str]:
+        return [ln for ln in self.getvalue().splitlines() if ln.strip()]
+
+
+@contextlib.contextmanager
+def _quiet():
+    buf = _LogWriter()
+    with contextlib.redirect_stdout(buf):
+        yield buf
+    for line in buf.getvalue_lines()[-200:]:
+        log.debug("ppq: %s", line)
+
+
+def _ppq():
+    """Import ppq once, behind the shim, without its banner on stdout."""
+    from xtrt.backend import _ppq_compat
+
+    _ppq_compat.install()
+    with _quiet():
+        import ppq  # noqa: F401
+        import ppq.api  # noqa: F401
+        import ppq.lib  # noqa: F401
+    return ppq
+
+
+def ppq_version() -> str:
+    return str(getattr(_ppq(), "__version__", "0.6.6"))
+
+
+def _install_handlers() -> None:
+    """Register every xtrt op handler with PPQ's TorchExecutor, on every platform (idempotent)."""
+    ppq = _ppq()
+    from ppq.api import register_operation_handler
+    from ppq.core import TargetPlatform
+
+    import xtrt.ops as ops
+    from xtrt.ops.registry import node_attrs  # noqa: F401  (attribute conversion lives there)
+
+    for name in ops.REGISTRY.names():
+        if name in _INSTALLED_HANDLERS:
+            continue
+        handler = ops.REGISTRY.get(name)
+
+        def forward(op, values, ctx=None, _h=handler, **kwargs):
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in op.attributes.items()}
+            out = _h.forward(list(values), attrs)
+            return out if len(out) != 1 else out[0]
+
+        for platform in TargetPlatform:
+            with contextlib.suppress(Exception):
+                register_operation_handler(forward, name, platform)
+        _INSTALLED_HANDLERS.add(name)
+    del ppq
+
+
+def _load_graph(model):
+    """Load an onnx.ModelProto as a PPQ graph (PPQ's parser reads files)."""
+    _ppq()
+    from ppq.api import load_onnx_graph
+    import onnx
+
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", prefix="xtrt_ppq_")
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        with _quiet():
+            return load_onnx_graph(tmp)
+    except KeyError as exc:
+        raise UnsupportedOpError(f"PPQ cannot parse op {exc}",
+                                 "register a handler with --plugin my_ops.py") from exc
+    finally:
+        os.unlink(tmp)
+
+
+@dataclass
+class CalibrationResult:
+    """What calibration produced, in plain numbers.
+
+    ``act_scales[(node, i)]``: per-tensor symmetric INT8 scale for input ``i`` of ``node``.
+    ``weight_scales[(node, i)]``: (scale array, channel axis) for a weight input.
+    ``weights[name]``: the (possibly LSQ-tuned) float weight values by initializer name.
+    """
+
+    act_scales: dict[tuple[str, int], float] = field(default_factory=dict)
+    weight_scales: dict[tuple[str, int], tuple[np.ndarray, int]] = field(default_factory=dict)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    quantized_ops: list[str] = field(default_factory=list)
+    fp32_ops: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    graph: object = None  # opaque PPQ graph for analysis/simulation; never touched outside
+
+
+def _to_torch(batches: Iterable[dict[str, np.ndarray]], input_names: Sequence[str], device: str):
+    import torch
+
+    out = []
+    for feeds in batches:
+        if len(input_names) == 1:
+            out.append(torch.from_numpy(np.ascontiguousarray(feeds[input_names[0]])))
+        else:
+            out.append({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()})
+    return out
+
+
+def _collate(device: str) -> Callable:
+    def collate(x):
+        if isinstance(x, dict):
+            return {k: v.to(device) for k, v in x.items()}
+        return x.to(device)
+    return collate
+
+
+def calibrate(model, batches: Sequence[dict[str, np.ndarray]], *, device: str = "cpu",
+              method: str = "percentile", fp32_ops: Sequence[str] = (),
+              lsq: dict | None = None, progress: bool = True) -> CalibrationResult:
+    """Calibrate ``model`` (a prepared onnx.ModelProto) with PPQ's TensorRT input-only quantizer.
+
+    Args:
+        batches: calibration feeds (numpy, keyed by input name); materialised once here.
+        method: percentile | kl | mse | minmax.
+        fp32_ops: node names PPQ must leave in float.
+        lsq: None, or dict(steps, lr, block_size) to run LSQ fine-tuning after calibration.
+    """
+    import time
+
+    import torch
+
+    ppq = _ppq()
+    _install_handlers()
+    from ppq import QuantizationSettingFactory, TargetPlatform, TorchExecutor
+    from ppq.api import dispatch_graph
+    from ppq.core import QuantizationStates
+    from ppq.quantization.quantizer.TensorRTQuantizer import TensorRTQuantizer_InputOnly
+
+    t0 = time.perf_counter()
+    graph = _load_graph(model)
+    input_names = list(graph.inputs.keys())
+    data = _to_torch(batches, input_names, device)
+    if not data:
+        raise QuantizationError("no calibration batches", "give calibration images")
+    setting = QuantizationSettingFactory.trt_setting()
+    setting.quantize_activation_setting.calib_algorithm = method
+    for name in fp32_ops:
+        setting.dispatching_table.append(operation=name, platform=TargetPlatform.FP32)
+    if lsq:
+        setting.lsq_optimization = True
+        s = setting.lsq_optimization_setting
+        s.steps = int(lsq.get("steps", 200))
+        s.lr = float(lsq.get("lr", 1e-5))
+        s.block_size = int(lsq.get("block_size", 4))
+        s.collecting_device = device
+        s.is_scale_trainable = True
+    quantizer_cls = TensorRTQuantizer_InputOnly
+    # dispatch with the input-only quantizer's op types, then apply our FP32 table
+    graph = _dispatch(graph, quantizer_cls, setting)
+    quantizer = quantizer_cls(graph=graph)
+    executor = TorchExecutor(graph=quantizer._graph, device=device)
+    try:
+        with _quiet():
+            quantizer.quantize(inputs=data[0] if not isinstance(data[0], dict) else data[0],
+                               calib_dataloader=data, executor=executor, setting=setting,
+                               calib_steps=max(8, len(data)), collate_fn=_collate(device))
+    except NotImplementedError as exc:
+        raise UnsupportedOpError(f"PPQ cannot execute an op: {exc}",
+                                 "register a handler with --plugin my_ops.py") from exc
+    graph = quantizer._graph
+    res = CalibrationResult(graph=graph)
+    for op in graph.operations.values():
+        cfg = getattr(op, "config", None)
+        if cfg is None or op.platform == TargetPlatform.FP32 or op.type not in QUANTIZED_OP_TYPES:
+            if op.type in QUANTIZED_OP_TYPES:
+                res.fp32_ops.append(op.name)
+            continue
+        res.quantized_ops.append(op.name)
+        for i, (var, qc) in enumerate(zip(op.inputs, cfg.input_quantization_config)):
+            if qc.state == QuantizationStates.FP32 or qc.scale is None:
+                continue
+            scale = qc.scale.detach().float().cpu().numpy()
+            if var.is_parameter:
+                value = var.value
+                if isinstance(value, torch.Tensor):
+                    res.weights[var.name] = value.detach().float().cpu().numpy()
+                axis = qc.channel_axis if qc.channel_axis is not None else 0
+                res.weight_scales[(op.name, i)] = (scale.reshape(-1), int(axis))
+            else:
+                res.act_scales[(op.name, i)] = float(scale.reshape(-1)[0])
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _dispatch(graph, quantizer_cls, setting):
+    from ppq.api import dispatch_graph
+    from ppq.core import TargetPlatform
+    from ppq.IR import GraphCommandProcessor  # noqa: F401
+    from ppq.scheduler import DISPATCHER_TABLE
+
+    dispatcher = DISPATCHER_TABLE[setting.dispatcher](graph)
+    quant_types = quantizer_cls(graph=graph).quant_operation_types
+    table = dispatcher.dispatch(graph=graph, quant_types=quant_types,
+                                quant_platform=TargetPlatform.UNSPECIFIED,
+                                fp32_platform=TargetPlatform.FP32,
+                                SOI_platform=TargetPlatform.FP32)
+    for name, platform in setting.dispatching_table.dispatchings.items():
+        if name in graph.operations:
+            table[name] = TargetPlatform(platform)
+    for op in graph.operations.values():
+        op.platform = table[op.name]
+    return graph
+
+
+def _analysis_data(batches, result: CalibrationResult, device: str):
+    graph = result.graph
+    return _to_torch(batches, list(graph.inputs.keys()), device)
+
+
+def graphwise_error(result: CalibrationResult, batches, *, device: str = "cpu",
+                    steps: int = 4) -> dict[str, float]:
+    """PPQ's graph-wise analysis: per quantized op, the noise-to-signal ratio of its output with
+    every quantizer in the graph active (error accumulated through the graph)."""
+    _ppq()
+    from ppq.quantization.analyse.graphwise import graphwise_error_analyse
+
+    data = _analysis_data(batches, result, device)
+    with _quiet():
+        out = graphwise_error_analyse(graph=result.graph, running_device=device, dataloader=data,
+                                      collate_fn=_collate(device), steps=min(steps, len(data)),
+                                      verbose=False)
+    return {k: float(v) for k, v in out.items()}
+
+
+def layerwise_error(result: CalibrationResult, batches, *, device: str = "cpu",
+                    steps: int = 4) -> dict[str, float]:
+    """PPQ's layer-wise analysis: per quantized op, the noise-to-signal ratio at the graph outputs
+    when only that op is quantized."""
+    _ppq()
+    from ppq.quantization.analyse.layerwise import layerwise_error_analyse
+
+    data = _analysis_data(batches, result, device)
+    with _quiet():
+        out = layerwise_error_analyse(graph=result.graph, running_device=device, dataloader=data,
+                                      collate_fn=_collate(device), steps=min(steps, len(data)),
+                                      verbose=False)
+    return {k: float(v[0] if isinstance(v, (tuple, list)) else v) for k, v in out.items()}
+
+
+def simulate(result: CalibrationResult, feeds: dict[str, np.ndarray], *,
+             device: str = "cpu") -> list[np.ndarray]:
+    """Run PPQ's INT8-simulating executor; outputs in the graph's output order."""
+    _ppq()
+    import torch
+    from ppq import TorchExecutor
+
+    ex = TorchExecutor(graph=result.graph, device=device)
+    names = list(result.graph.inputs.keys())
+    inp = {k: torch.from_numpy(np.ascontiguousarray(feeds[k])).to(device) for k in names}
+    with torch.no_grad(), _quiet():
+        outs = ex.forward(inputs=inp, output_names=list(result.graph.outputs.keys()))
+    return [o.detach().cpu().numpy() for o in outs]
+
+
+class PpqExecutor:
+    """PPQ's TorchExecutor behind a small interface (used by xtrt.profile --backend ppq)."""
+
+    def __init__(self, graph, device: str):
+        from ppq import TorchExecutor
+
+        self._graph = graph
+        self._ex = TorchExecutor(graph=graph, device=device)
+        self.device = device
+        self.input_names = list(graph.inputs.keys())
+        self.output_names = list(graph.outputs.keys())
+
+    def forward(self, feeds: dict) -> list:
+        import torch
+
+        with torch.no_grad(), _quiet():
+            return self._ex.forward(inputs={k: feeds[k] for k in self.input_names},
+                                    output_names=self.output_names)
+
+
+def build_executor(model, device: str = "cpu", int8: bool = False,
+                   calib_batches: Sequence[dict[str, np.ndarray]] | None = None) -> PpqExecutor:
+    """A PPQ executor for ``model`` (onnx.ModelProto or path): FP32, or INT8-simulating after a
+    quick calibration on ``calib_batches``."""
+    import onnx
+
+    _ppq()
+    _install_handlers()
+    if not hasattr(model, "graph"):
+        model = onnx.load(str(model))
+    if int8:
+        if not calib_batches:
+            raise QuantizationError("the INT8-simulating PPQ executor needs calibration data",
+                                    "pass --images DIR")
+        res = calibrate(model, calib_batches, device=device)
+        return PpqExecutor(res.graph, device)
+    graph = _load_graph(model)
+    return PpqExecutor(graph, device)

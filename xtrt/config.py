@@ -1,0 +1,285 @@
+"""Typed configuration for ``xtrt.quant`` (and the preprocessing part shared with ``xtrt.profile``).
+
+Loaded from YAML, overridden with ``--set a.b=value``, validated once: unknown keys are rejected
+with a "did you mean", values are checked against their type and allowed choices, and paths are
+resolved relative to the config file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+from xtrt.errors import ConfigError
+
+__all__ = [
+    "Config", "InputConfig", "PreprocessConfig", "CalibrationConfig", "LsqConfig",
+    "QuantizationConfig", "EvaluationConfig", "TargetConfig", "AnalysisConfig",
+    "load_config", "config_from_dict", "apply_overrides", "config_to_dict",
+]
+
+
+@dataclass
+class InputConfig:
+    name: Optional[str] = None          # default: the model's first input
+    shape: Optional[list[int]] = None   # [N, C, H, W]; N is the calibration batch
+
+
+@dataclass
+class PreprocessConfig:
+    preset: Literal["letterbox", "resize_crop", "plugin"] = "letterbox"
+    size: Optional[list[int]] = None    # letterbox target [h, w] (default: model input)
+    pad_value: int = 114
+    short_side: Optional[int] = None    # resize_crop (default: crop * 256/224)
+    crop: Optional[list[int]] = None    # resize_crop [h, w] (default: model input)
+    color: Literal["rgb", "bgr"] = "rgb"
+    scale: float = 1 / 255.0
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    plugin: Optional[str] = None        # my_pre.py:func  (preset: plugin)
+
+
+@dataclass
+class CalibrationConfig:
+    data: Optional[str] = None          # folder, glob or .npy/.npz
+    steps: int = 8                      # batches
+    batch_size: int = 4
+    method: Literal["percentile", "kl", "mse", "minmax"] = "percentile"
+    seed: int = 0
+    shuffle: bool = False
+
+
+@dataclass
+class LsqConfig:
+    enabled: bool = False
+    steps: int = 200
+    lr: float = 1e-5
+    block_size: int = 4
+
+
+@dataclass
+class QuantizationConfig:
+    exclude_nodes: list[str] = field(default_factory=list)     # exact names or /regex/
+    exclude_op_types: list[str] = field(default_factory=list)
+    keep_decode_fp32: bool = True       # find a detection decode tail and keep it in float
+    lsq: LsqConfig = field(default_factory=LsqConfig)
+
+
+@dataclass
+class EvaluationConfig:
+    data: Optional[str] = None          # held-out images (default: calibration folder, unused files)
+    count: int = 16
+    batch_size: int = 4
+    task: Literal["auto", "classification", "detection", "generic"] = "auto"
+    labels: Optional[str] = None        # folder-per-class root or CSV file,label
+    annotations: Optional[str] = None   # COCO annotation JSON
+    conf_threshold: float = 0.25
+    iou_threshold: float = 0.45
+    rtol: float = 1e-2
+    atol: float = 1e-3
+
+
+@dataclass
+class TargetConfig:
+    metric: Literal["top1", "map50_95", "sqnr"] = "top1"
+    max_drop: float = 0.01
+
+
+@dataclass
+class AnalysisConfig:
+    graphwise: bool = True
+    layerwise: bool = False
+    target: Optional[TargetConfig] = None
+    max_trials: int = 6
+    layers_per_trial: int = 2
+    analysis_steps: int = 4             # batches used by graph/layer-wise analysis
+
+
+@dataclass
+class Config:
+    model: str = ""
+    output_dir: Optional[str] = None    # default: <config dir>/xtrt_out/<model stem>
+    device: Literal["cpu", "cuda"] = "cpu"
+    plugins: list[str] = field(default_factory=list)
+    input: InputConfig = field(default_factory=InputConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    base_dir: str = field(default=".", metadata={"internal": True})
+
+    def path(self, value: Optional[str]) -> Optional[Path]:
+        """Resolve a path from the config relative to the config file's folder."""
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+
+_POSITIVE = {"steps", "batch_size", "count", "max_trials", "layers_per_trial", "analysis_steps",
+             "block_size"}
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not allowed",
+                              f"use one of: {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if isinstance(value, (str, int, float)) and args and args[0] is str:
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}", "write it as [a, b, ...]")
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            return tp()
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of keys, got {value!r}",
+                              f"write {where}: {{key: value}}")
+        return _build(tp, value, where + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}", "use true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}", "use a whole number")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}", "use a number like 0.01")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}", "quote the value")
+        return str(value)
+    return value
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"did you mean '{prefix}{close[0]}'?" if close else \
+                f"allowed keys here: {', '.join(names)}"
+            raise ConfigError(f"unknown config key '{prefix}{key}'", hint)
+        conv = _convert(value, hints[key], prefix + key)
+        if key in _POSITIVE and isinstance(conv, int) and conv < 1:
+            raise ConfigError(f"{prefix}{key}: must be >= 1, got {conv}", "use a positive number")
+        kwargs[key] = conv
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict, base_dir: str | Path = ".") -> Config:
+    """Build and validate a :class:`Config` from a plain mapping."""
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a YAML mapping (key: value lines)",
+                          "see data/*.yaml for examples")
+    cfg = _build(Config, data)
+    cfg.base_dir = str(base_dir)
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: Config) -> None:
+    if not cfg.model:
+        raise ConfigError("config has no 'model'", "add model: path/to/model.onnx")
+    if cfg.preprocess.preset == "plugin" and not cfg.preprocess.plugin:
+        raise ConfigError("preprocess.preset is 'plugin' but preprocess.plugin is not set",
+                          "set preprocess.plugin: my_pre.py:function")
+    if cfg.input.shape is not None and (len(cfg.input.shape) < 2 or
+                                        any(d < 1 for d in cfg.input.shape)):
+        raise ConfigError(f"input.shape: {cfg.input.shape} is not a valid shape",
+                          "write it as [N, C, H, W] with positive sizes")
+    for name in ("size", "crop"):
+        v = getattr(cfg.preprocess, name)
+        if v is not None and (len(v) != 2 or min(v) < 1):
+            raise ConfigError(f"preprocess.{name}: {v} is not [height, width]",
+                              f"write preprocess.{name}: [640, 640]")
+    for name in ("mean", "std"):
+        v = getattr(cfg.preprocess, name)
+        if v is not None and len(v) not in (1, 3):
+            raise ConfigError(f"preprocess.{name}: needs 1 or 3 values, got {len(v)}",
+                              f"write preprocess.{name}: [0.5, 0.5, 0.5]")
+    if cfg.analysis.target is not None and not 0 <= cfg.analysis.target.max_drop < 1e3:
+        raise ConfigError("analysis.target.max_drop must be >= 0", "use e.g. 0.01")
+
+
+def _parse_scalar(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a raw config mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} is not key=value",
+                              "write it as --set calibration.steps=64")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {key}: '{part}' is not a section", "check the key path")
+            node = nxt
+        node[parts[-1]] = _parse_scalar(text)
+    return data
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config file, apply overrides, validate."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist", "check the --config path")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {p.name} is not valid YAML{where}",
+                          "fix the indentation/syntax there") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {str(p)!r}: {exc}", "check the file") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p.name} must be a mapping of keys",
+                          "see data/*.yaml for examples")
+    data = apply_overrides(data, overrides)
+    return config_from_dict(data, base_dir=p.resolve().parent)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """The resolved config as a plain mapping (for quant_cfg.json / resolved_config.yaml)."""
+    d = dataclasses.asdict(cfg)
+    d.pop("base_dir", None)
+    return d

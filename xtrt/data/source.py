@@ -1,0 +1,216 @@
+"""Calibration / evaluation sources: batches of numpy arrays keyed by input name.
+
+A source knows nothing of PPQ.  It streams: images are decoded and preprocessed one batch at a
+time, and preprocessed batches are kept for re-iteration only while they fit a memory budget.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from xtrt.data.images import TENSOR_SUFFIXES, decode_image
+from xtrt.data.preprocess import PreMeta
+from xtrt.errors import DataError, XtrtError
+
+__all__ = ["Batch", "BatchSource", "split_files", "expected_sample_shape"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """One batch: ``feeds`` for the model, the files it came from and how each was preprocessed."""
+
+    feeds: dict[str, np.ndarray]
+    paths: list[Path] = field(default_factory=list)
+    metas: list[PreMeta] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return next(iter(self.feeds.values())).shape[0]
+
+
+def split_files(files: Sequence[Path], calib_count: int | None, eval_count: int | None,
+                *, seed: int = 0, shuffle: bool = False) -> tuple[list[Path], list[Path]]:
+    """Deterministically split files into calibration and held-out evaluation sets (disjoint)."""
+    files = list(files)
+    if shuffle:
+        random.Random(seed).shuffle(files)
+    n_cal = len(files) if calib_count is None else min(calib_count, len(files))
+    cal, rest = files[:n_cal], files[n_cal:]
+    ev = rest if eval_count is None else rest[:eval_count]
+    return cal, ev
+
+
+def expected_sample_shape(shape: Sequence) -> tuple | None:
+    """The per-sample shape (without batch) where fully known, else None."""
+    rest = list(shape[1:])
+    return tuple(int(d) for d in rest) if all(isinstance(d, int) and d > 0 for d in rest) else None
+
+
+class BatchSource:
+    """Iterable of :class:`Batch` over image or tensor files.
+
+    Args:
+        files: image files and/or .npy/.npz files (deterministic order is the caller's).
+        input_name: the model input the arrays feed.
+        sample_shape: expected per-sample shape (C, H, W); None skips the check.
+        preprocess: image -> (chw float32, PreMeta); needed only for image files.
+        batch_size: samples per batch (the last batch may be smaller unless drop_last).
+        limit: stop after this many samples.
+        cache_bytes: keep preprocessed batches for re-iteration up to this many bytes.
+        progress: wrap iteration in a tqdm bar with this description (None: no bar).
+    """
+
+    def __init__(self, files: Sequence[Path], input_name: str, sample_shape: tuple | None,
+                 preprocess: Callable | None, batch_size: int = 1, *, limit: int | None = None,
+                 drop_last: bool = False, cache_bytes: int = 1 << 30, progress: str | None = None,
+                 dtype=np.float32):
+        if batch_size < 1:
+            raise DataError(f"batch size must be >= 1, got {batch_size}", "use a positive batch size")
+        self.files = list(files)
+        self.input_name = input_name
+        self.sample_shape = sample_shape
+        self.preprocess = preprocess
+        self.batch_size = batch_size
+        self.limit = limit
+        self.drop_last = drop_last
+        self.cache_bytes = cache_bytes
+        self.progress = progress
+        self.dtype = np.dtype(dtype)
+        self.skipped: list[tuple[Path, str]] = []
+        self.used = 0
+        self._cache: list[Batch] | None = None
+
+    # -- samples -------------------------------------------------------------------------------
+    def _tensor_samples(self, path: Path) -> Iterator[tuple[np.ndarray, PreMeta]]:
+        try:
+            if path.suffix.lower() == ".npz":
+                with np.load(path, allow_pickle=False) as z:
+                    key = self.input_name if self.input_name in z.files else (
+                        z.files[0] if len(z.files) == 1 else None)
+                    if key is None:
+                        raise DataError(
+                            f"{path.name}: npz holds {z.files}, none named {self.input_name!r}",
+                            f"save the array under the input name, np.savez(f, {self.input_name}=x)")
+                    arr = z[key]
+            else:
+                arr = np.load(path, allow_pickle=False)
+        except XtrtError:
+            raise
+        except Exception as exc:
+            raise DataError(f"cannot read tensor file {str(path)!r}: {exc}",
+                            "re-save it with numpy.save / numpy.savez") from exc
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise DataError(f"tensor file {path.name} has dtype {arr.dtype}, the model input "
+                            f"{self.input_name!r} takes {self.dtype}",
+                            "save preprocessed float32 arrays (x.astype('float32'))")
+        if self.sample_shape is not None:
+            want = tuple(self.sample_shape)
+            if arr.shape == want:
+                arr = arr[None]
+            elif arr.ndim != len(want) + 1 or tuple(arr.shape[1:]) != want:
+                raise DataError(f"tensor file {path.name} has shape {list(arr.shape)}, the model input "
+                                f"{self.input_name!r} takes [N, {', '.join(map(str, want))}]",
+                                "save arrays of the model's input shape (one sample or a batch)")
+        for sample in arr:
+            yield sample.astype(self.dtype, copy=False), PreMeta(tuple(sample.shape[-2:]))
+
+    def _image_sample(self, path: Path) -> tuple[np.ndarray, PreMeta] | None:
+        try:
+            img = decode_image(path)
+        except DataError as exc:
+            self.skipped.append((path, exc.message))
+            log.debug("skipped %s: %s", path, exc.message)
+            return None
+        if self.preprocess is None:
+            raise DataError("image files need a preprocess preset", "set preprocess.preset")
+        x, meta = self.preprocess(img)
+        if self.sample_shape is not None and tuple(x.shape) != tuple(self.sample_shape):
+            raise DataError(f"preprocessing gives {list(x.shape)} but input {self.input_name!r} "
+                            f"takes {list(self.sample_shape)}",
+                            "make preprocess.size/crop match the model input (or input.shape)")
+        return x.astype(self.dtype, copy=False), meta
+
+    def _samples(self) -> Iterator[tuple[np.ndarray, PreMeta, Path]]:
+        n = 0
+        for path in self.files:
+            if path.suffix.lower() in TENSOR_SUFFIXES:
+                items = ((x, m) for x, m in self._tensor_samples(path))
+            else:
+                one = self._image_sample(path)
+                items = iter([one] if one is not None else [])
+            for x, meta in items:
+                yield x, meta, path
+                n += 1
+                if self.limit is not None and n >= self.limit:
+                    return
+
+    # -- batches -------------------------------------------------------------------------------
+    def _generate(self) -> Iterator[Batch]:
+        self.skipped = []
+        xs, metas, paths = [], [], []
+        count = 0
+        for x, meta, path in self._samples():
+            xs.append(x), metas.append(meta), paths.append(path)
+            if len(xs) == self.batch_size:
+                count += len(xs)
+                yield Batch({self.input_name: np.stack(xs)}, paths, metas)
+                xs, metas, paths = [], [], []
+        if xs and not self.drop_last:
+            count += len(xs)
+            yield Batch({self.input_name: np.stack(xs)}, paths, metas)
+        self.used = count
+        if count == 0:
+            what = f"{len(self.files)} file(s)"
+            why = f"; {len(self.skipped)} unreadable, e.g. {self.skipped[0][0].name}: " \
+                  f"{self.skipped[0][1]}" if self.skipped else ""
+            raise DataError(f"no usable samples in {what}{why}",
+                            "give a folder of readable jpg/png/bmp/webp images or .npy/.npz tensors")
+        if self.skipped:
+            log.warning("skipped %d unreadable file(s), e.g. %s", len(self.skipped),
+                        self.skipped[0][0].name)
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self._cache is not None:
+            yield from self._cache
+            return
+        kept: list[Batch] | None = []
+        size = 0
+        gen = self._generate()
+        if self.progress:
+            from tqdm import tqdm
+
+            total = self.limit if self.limit is not None else len(self.files)
+            gen = _progress(gen, tqdm(total=total, desc=self.progress, unit="img", leave=False))
+        for batch in gen:
+            if kept is not None:
+                size += sum(a.nbytes for a in batch.feeds.values())
+                if size <= self.cache_bytes:
+                    kept.append(batch)
+                else:
+                    kept = None
+            yield batch
+        if kept is not None:
+            self._cache = kept
+
+    def __len__(self) -> int:
+        """Number of batches (an upper bound before the first pass when files are unreadable)."""
+        if self._cache is not None:
+            return len(self._cache)
+        n = len(self.files) if self.limit is None else min(self.limit, len(self.files))
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+def _progress(gen: Iterator[Batch], bar) -> Iterator[Batch]:
+    try:
+        for batch in gen:
+            bar.update(batch.size)
+            yield batch
+    finally:
+        bar.close()

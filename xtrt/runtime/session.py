@@ -1,0 +1,94 @@
+"""The single place that creates ONNX Runtime sessions.
+
+Verify, analysis, profile and the split runner all get their sessions here, so provider choice,
+threading and the "no spin-wait" rule are decided once.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from xtrt.errors import DeviceError, ModelError, UnsupportedOpError
+
+__all__ = ["providers_for", "make_session", "run_session", "cuda_ep_available"]
+
+log = logging.getLogger(__name__)
+
+
+def cuda_ep_available() -> bool:
+    """True when onnxruntime has the CUDA execution provider (onnxruntime-gpu)."""
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def providers_for(device: str) -> list[str]:
+    """ORT providers for ``device`` ('cpu' or 'cuda'); raises DeviceError when CUDA EP is absent."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if not cuda_ep_available():
+            raise DeviceError(
+                "--device cuda was asked for, but onnxruntime has no CUDAExecutionProvider",
+                "install the GPU extra (pip install 'xtrt[gpu]', i.e. onnxruntime-gpu) or use --device cpu")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise DeviceError(f"unknown device {device!r}", "use --device cpu or --device cuda")
+
+
+def make_session(model, device: str = "cpu", *, threads: int | None = None,
+                 enable_profiling: bool = False, profile_prefix: str | None = None,
+                 optimization: str = "all"):
+    """Create an ``onnxruntime.InferenceSession``.
+
+    Args:
+        model: path to an ONNX file, serialized bytes, or an ``onnx.ModelProto``.
+        device: 'cpu' or 'cuda'.
+        threads: intra-op threads (None: ORT default).
+        enable_profiling: turn on ORT's own per-node profiler.
+        profile_prefix: file prefix for ORT's profile JSON.
+        optimization: 'all', 'extended', 'basic' or 'disable'.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    # Idle sessions must not spin-wait and steal the cores from the rest of the pipeline.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[optimization]
+    if enable_profiling:
+        so.enable_profiling = True
+        if profile_prefix:
+            so.profile_file_prefix = profile_prefix
+    if hasattr(model, "SerializeToString"):
+        model = model.SerializeToString()
+    try:
+        return ort.InferenceSession(model, sess_options=so, providers=providers_for(device))
+    except DeviceError:
+        raise
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "NOT_IMPLEMENTED" in str(exc) or "Could not find an implementation" in str(exc) \
+                or "is not a registered function/op" in str(exc):
+            raise UnsupportedOpError(
+                f"ONNX Runtime cannot run this model: {text}",
+                "if the op is a TensorRT plugin, run it through xtrt.runtime.split (handlers in xtrt.ops) "
+                "or register a handler with --plugin my_ops.py") from exc
+        raise ModelError(f"ONNX Runtime rejected the model: {text}",
+                         "check the model with onnx.checker and re-export it") from exc
+
+
+def run_session(session, feeds: dict[str, np.ndarray],
+                output_names: Sequence[str] | None = None) -> list[np.ndarray]:
+    """Run ``session`` on ``feeds`` and return outputs in the model's output order."""
+    names = list(output_names) if output_names else [o.name for o in session.get_outputs()]
+    return session.run(names, feeds)
