@@ -1,0 +1,74 @@
+"""Automatic fallback: keep the most sensitive layers in float until a metric target is met.
+
+Pure control flow: the caller supplies the ranking and a function that evaluates a set of float
+layers.  Because calibration scales come from FP32 activations, keeping a layer in float needs no
+re-calibration, only a re-export and a re-evaluation; each trial therefore costs one evaluation.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+__all__ = ["FallbackResult", "run_fallback"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FallbackResult:
+    trials: list[dict] = field(default_factory=list)
+    chosen: int = 0                    # index into trials
+    reached: bool = False
+    reason: str = ""
+
+    @property
+    def fp32_layers(self) -> list[str]:
+        return list(self.trials[self.chosen]["fp32_layers"]) if self.trials else []
+
+    def as_dict(self) -> dict:
+        return {"trials": self.trials, "chosen": self.chosen, "reached": self.reached,
+                "reason": self.reason}
+
+
+def run_fallback(ranking: Sequence[str], evaluate: Callable[[list[str]], float | None], *,
+                 baseline: float, target: float, max_trials: int, per_trial: int,
+                 first_value: float | None = None, progress=None) -> FallbackResult:
+    """Move layers (most sensitive first) to float ``per_trial`` at a time until
+    ``evaluate(layers) >= target`` or ``max_trials`` re-evaluations are spent.
+
+    ``first_value`` is the metric with nothing in float (already measured by the caller).
+    Returns every trial and the chosen one (the first that reaches the target, else the best).
+    """
+    res = FallbackResult()
+    value0 = first_value if first_value is not None else evaluate([])
+    res.trials.append({"trial": 0, "n_fp32_layers": 0, "fp32_layers": [], "metric": value0,
+                       "passed": value0 is not None and value0 >= target})
+    if value0 is not None and value0 >= target:
+        res.reached, res.reason = True, "target met with every layer in INT8"
+        return res
+    layers: list[str] = []
+    for t in range(1, max_trials + 1):
+        nxt = [r for r in ranking if r not in layers][:per_trial]
+        if not nxt:
+            res.reason = "no more layers to move to float"
+            break
+        layers = layers + nxt
+        value = evaluate(list(layers))
+        passed = value is not None and value >= target
+        res.trials.append({"trial": t, "n_fp32_layers": len(layers), "fp32_layers": list(layers),
+                           "added": nxt, "metric": value, "passed": passed})
+        if progress is not None:
+            progress(t, value)
+        log.info("fallback trial %d: %d layer(s) in float -> %s", t, len(layers), value)
+        if passed:
+            res.reached, res.chosen = True, len(res.trials) - 1
+            res.reason = f"target met with {len(layers)} layer(s) in float"
+            return res
+    best = max(range(len(res.trials)), key=lambda i: (res.trials[i]["metric"] or float("-inf"),
+                                                      -i))
+    res.chosen = best
+    if not res.reason:
+        res.reason = (f"target not met within {max_trials} trial(s) (budget analysis.max_trials); "
+                      f"kept the best trial ({res.trials[best]['n_fp32_layers']} layer(s) in float)")
+    return res

@@ -1,0 +1,393 @@
+"""``xtrt.quant``: config in, quantized.onnx + quant_cfg.json + report out.
+
+prepare -> data -> placement -> calibrate (PPQ) -> export -> verify (ORT) -> analysis/fallback
+-> write outputs.  Every file is written into a staging folder inside ``output_dir`` and moved into
+place only when the whole run succeeded.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from xtrt.config import Config, config_to_dict
+from xtrt.errors import DataError, OutputError
+
+__all__ = ["QuantResult", "run_quant", "OUTPUT_FILES"]
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FILES = ("quantized.onnx", "quant_cfg.json", "dynamic_range.json", "calibration.cache",
+                "report.json", "report.md", "resolved_config.yaml")
+
+
+@dataclass
+class QuantResult:
+    """What a run produced: final file paths, the report document, and timings."""
+
+    output_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    passed: bool = True
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+    import torch
+
+    import xtrt
+    from xtrt.backend import ppq as ppq_backend
+
+    return {"xtrt": xtrt.__version__, "ppq": ppq_backend.ppq_version(), "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
+
+
+def _check_output_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        stage = Path(os.path.join(path, f".xtrt-partial-{os.getpid()}"))
+        if stage.exists():
+            shutil.rmtree(stage)
+        stage.mkdir()
+        return stage
+    except OSError as exc:
+        raise OutputError(f"cannot write to output folder {str(path)!r}: {exc.strerror or exc}",
+                          "choose a writable output_dir (or fix its permissions)") from exc
+
+
+def _task_and_layout(cfg: Config, runner, shapes) -> tuple[str, str | None]:
+    from xtrt.analysis.decode import detect_layout
+
+    layout = detect_layout(shapes)
+    task = cfg.evaluation.task
+    if task == "auto":
+        if layout is not None:
+            task = "detection"
+        elif len(shapes) == 1 and len(shapes[0]) == 2:
+            task = "classification"
+        else:
+            task = "generic"
+    if task == "detection" and layout is None:
+        raise DataError("evaluation.task is detection but the model's outputs are neither an NMS "
+                        "plugin tail nor a YOLO head [N, 4+C, anchors]",
+                        "set evaluation.task: generic (SQNR only)")
+    return task, layout
+
+
+def _files(cfg: Config):
+    from xtrt.data.images import list_files
+    from xtrt.data.source import split_files
+
+    if not cfg.calibration.data:
+        raise DataError("config has no calibration.data", "set calibration.data: path/to/images")
+    files = list_files(str(cfg.path(cfg.calibration.data)))
+    n_cal = cfg.calibration.steps * cfg.calibration.batch_size
+    cal, rest = split_files(files, n_cal, None, seed=cfg.calibration.seed,
+                            shuffle=cfg.calibration.shuffle)
+    if cfg.evaluation.data:
+        ev_all = list_files(str(cfg.path(cfg.evaluation.data)))
+        cal_set = set(cal)
+        ev = [f for f in ev_all if f not in cal_set][:cfg.evaluation.count]
+    else:
+        ev = rest[:cfg.evaluation.count]
+    return cal, ev
+
+
+def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
+    """Run the whole quantization job described by ``cfg``; see the module docstring."""
+    from xtrt.analysis.fallback import run_fallback
+    from xtrt.backend import ppq as ppq_backend
+    from xtrt.data.preprocess import build_preprocess
+    from xtrt.data.source import BatchSource
+    from xtrt.model.load import load_model, save_model_atomic
+    from xtrt.model.prepare import prepare_model
+    from xtrt.quant import export as ex
+    from xtrt.quant.placement import plan_placement
+    from xtrt.quant.verify import evaluate, metric_value, prepare_eval
+    from xtrt.runtime.split import SplitRunner
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(name: str, t0: float) -> None:
+        timings[name] = round(time.perf_counter() - t0, 3)
+
+    out_dir = Path(cfg.output_dir) if cfg.output_dir and Path(cfg.output_dir).is_absolute() else (
+        cfg.path(cfg.output_dir) if cfg.output_dir else
+        Path(cfg.base_dir) / "xtrt_out" / Path(cfg.model).stem)
+    if cfg.device == "cuda":
+        from xtrt.runtime.session import providers_for
+        providers_for("cuda")
+    import xtrt.ops as ops
+
+    for plugin in cfg.plugins:
+        ops.REGISTRY.load_plugin(str(cfg.path(plugin)))
+
+    # 1. model
+    t0 = time.perf_counter()
+    model_path = cfg.path(cfg.model)
+    source = load_model(model_path)
+    prepared = prepare_model(source, cfg.input.shape, cfg.input.name)
+    lap("prepare", t0)
+    log.info("prepared %s: %s", model_path.name, "; ".join(prepared.steps))
+
+    # 2. data
+    t0 = time.perf_counter()
+    cal_files, ev_files = _files(cfg)
+    pre = build_preprocess(cfg.preprocess, tuple(prepared.input_shape[2:4]))
+    sample = tuple(prepared.input_shape[1:])
+    cal_src = BatchSource(cal_files, prepared.input_name, sample, pre, cfg.calibration.batch_size,
+                          progress="calibration data" if progress else None)
+    cal_batches = list(cal_src)
+    lap("calibration_data", t0)
+
+    # 3. placement + calibration
+    t0 = time.perf_counter()
+    placement = plan_placement(prepared.model, exclude_nodes=cfg.quantization.exclude_nodes,
+                               exclude_op_types=cfg.quantization.exclude_op_types,
+                               keep_decode_fp32=cfg.quantization.keep_decode_fp32,
+                               plugin_tail=prepared.tail_nodes)
+    lsq = None
+    if cfg.quantization.lsq.enabled:
+        lsq = {"steps": cfg.quantization.lsq.steps, "lr": cfg.quantization.lsq.lr,
+               "block_size": cfg.quantization.lsq.block_size}
+    cal = ppq_backend.calibrate(prepared.model, [b.feeds for b in cal_batches], device=cfg.device,
+                                method=cfg.calibration.method, fp32_ops=list(placement.keep_float),
+                                lsq=lsq)
+    lap("calibrate", t0)
+    placement.quantize = [n for n in placement.quantize if n in set(cal.quantized_ops)]
+
+    # 4. export (in memory) + verify
+    t0 = time.perf_counter()
+    qmodel = ex.export_qdq(prepared.model, cal, placement)
+    lap("export", t0)
+    t0 = time.perf_counter()
+    ref_runner = SplitRunner(source, device=cfg.device)
+    shapes = [list(o.type.tensor_type.shape.dim) for o in prepared.model.graph.output]
+    dims = [[d.dim_value if d.HasField("dim_value") else d.dim_param for d in s] for s in shapes]
+    task, layout = _task_and_layout(cfg, ref_runner, dims)
+    ev_batches = []
+    if ev_files:
+        ev_src = BatchSource(ev_files, prepared.input_name, sample, pre, cfg.evaluation.batch_size,
+                             progress="held-out data" if progress else None)
+        ev_batches = list(ev_src)
+    else:
+        log.warning("no held-out images left for verification; verifying on the calibration "
+                    "images (set evaluation.data or add images)")
+        ev_batches = cal_batches
+    labels = None
+    if cfg.evaluation.labels and task == "classification":
+        from xtrt.analysis.classify import load_labels
+        labels = load_labels(str(cfg.path(cfg.evaluation.labels)),
+                             [p for b in ev_batches for p in b.paths])
+    ed = prepare_eval(ref_runner, ev_batches, task, layout, labels=labels,
+                      annotations=str(cfg.path(cfg.evaluation.annotations))
+                      if cfg.evaluation.annotations else None,
+                      conf=cfg.evaluation.conf_threshold, iou=cfg.evaluation.iou_threshold)
+
+    def eval_model(model) -> "object":
+        runner = SplitRunner(model, device=cfg.device)
+        return evaluate(runner.run, ed, rtol=cfg.evaluation.rtol, atol=cfg.evaluation.atol)
+
+    ev_int8 = eval_model(qmodel)
+    n_out = len(prepared.output_names)
+    ev_sim = evaluate(lambda feeds: ppq_backend.simulate(cal, feeds, device=cfg.device)[:n_out]
+                      if not prepared.tail_nodes else _sim_with_tail(cal, feeds, prepared, cfg),
+                      ed, rtol=cfg.evaluation.rtol, atol=cfg.evaluation.atol)
+    lap("verify", t0)
+
+    # 5. analysis + fallback
+    t0 = time.perf_counter()
+    ana_batches = [b.feeds for b in cal_batches[:cfg.analysis.analysis_steps]]
+    graphwise = ppq_backend.graphwise_error(cal, ana_batches, device=cfg.device,
+                                            steps=cfg.analysis.analysis_steps) \
+        if cfg.analysis.graphwise else {}
+    target = cfg.analysis.target
+    layerwise = ppq_backend.layerwise_error(cal, ana_batches, device=cfg.device,
+                                            steps=cfg.analysis.analysis_steps) \
+        if (cfg.analysis.layerwise or target is not None) else {}
+    lap("analysis", t0)
+    op_types = {n.name: n.op_type for n in prepared.model.graph.node}
+    layers = sorted(({"name": k, "op_type": op_types.get(k, "?"), "noise_ratio": v,
+                      "layerwise_noise_ratio": layerwise.get(k)} for k, v in graphwise.items()),
+                    key=lambda r: -(r["layerwise_noise_ratio"] if r["layerwise_noise_ratio"]
+                                    is not None else r["noise_ratio"]))
+    fallback = None
+    chosen_eval = ev_int8
+    if target is not None:
+        t0 = time.perf_counter()
+        metric = target.metric
+        fp32_value = {"top1": 1.0, "map50_95": 1.0}.get(metric)
+        first = metric_value(ev_int8, metric)
+        if metric == "sqnr":
+            goal = target.max_drop  # for sqnr, max_drop is read as the minimum dB to reach
+        else:
+            goal = fp32_value - target.max_drop
+        ranking = [k for k, _ in sorted(layerwise.items(), key=lambda kv: -kv[1])] or \
+            [r["name"] for r in layers]
+        cache: dict[tuple, object] = {}
+
+        def trial(fp32_layers: list[str]):
+            keep = [n for n in placement.quantize if n not in set(fp32_layers)]
+            from xtrt.quant.placement import Placement
+            p = Placement(quantize=keep, keep_float=dict(placement.keep_float),
+                          decode_tail=placement.decode_tail)
+            for n in fp32_layers:
+                p.keep_float[n] = "automatic fallback (most sensitive layer)"
+            ev_t = eval_model(ex.export_qdq(prepared.model, cal, p))
+            cache[tuple(fp32_layers)] = (p, ev_t)
+            return metric_value(ev_t, metric)
+
+        fallback = run_fallback(ranking, trial, baseline=fp32_value or 0.0, target=goal,
+                                max_trials=cfg.analysis.max_trials,
+                                per_trial=cfg.analysis.layers_per_trial, first_value=first)
+        chosen_layers = tuple(fallback.fp32_layers)
+        if chosen_layers:
+            placement, chosen_eval = cache[chosen_layers]
+            qmodel = ex.export_qdq(prepared.model, cal, placement)
+        lap("fallback", t0)
+
+    # 6. write outputs (staged)
+    stage = _check_output_dir(out_dir)
+    try:
+        files = _write_outputs(stage, out_dir, cfg, prepared, cal, placement, qmodel, chosen_eval,
+                               ev_sim, ev_int8, layers, fallback, timings, t_start, ed)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    res = files
+    res.seconds = time.perf_counter() - t_start
+    return res
+
+
+def _sim_with_tail(cal, feeds, prepared, cfg):
+    from xtrt.backend import ppq as ppq_backend
+
+    outs = ppq_backend.simulate(cal, feeds, device=cfg.device)
+    return outs[:len(prepared.output_names)]
+
+
+def _write_outputs(stage: Path, out_dir: Path, cfg, prepared, cal, placement, qmodel, ev_int8, ev_sim,
+                   ev_first, layers, fallback, timings, t_start, ed) -> QuantResult:
+    import yaml
+
+    from xtrt.model.load import save_model_atomic
+    from xtrt.quant import export as ex
+    from xtrt.report import REPORT_SCHEMA_VERSION
+    from xtrt.report.files import write_json_atomic, write_text_atomic
+    from xtrt.report.markdown import render_report_md
+
+    versions = _versions()
+    scales = ex.tensor_scales(prepared.model, cal, placement)
+    cfg_dict = config_to_dict(cfg)
+    save_model_atomic(qmodel, stage / "quantized.onnx")
+    write_json_atomic(stage / "quant_cfg.json", ex.quant_cfg(
+        scales, placement, cal, config=cfg_dict, versions=versions, input_name=prepared.input_name,
+        input_shape=prepared.input_shape, dynamic_batch=prepared.dynamic_batch))
+    write_json_atomic(stage / "dynamic_range.json", ex.dynamic_ranges(scales))
+    write_text_atomic(stage / "calibration.cache", ex.calibration_cache_text(scales))
+    write_text_atomic(stage / "resolved_config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+
+    worst = layers[0]["name"] if layers else None
+    report = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "title": f"xtrt quantization report: {Path(cfg.model).name}",
+        "summary": {
+            "model": str(cfg.path(cfg.model)), "task": ed.task, "device": cfg.device,
+            "int8_ops": len(placement.quantize), "float_ops": len(placement.keep_float),
+            "calibration_images": sum(1 for _ in cal.quantized_ops) and None,
+            "held_out_images": ev_int8.images, "worst_layer": worst,
+        },
+        "preparation": {"steps": prepared.steps, "source_opset": prepared.source_opset,
+                        "nodes_before": prepared.nodes_before, "nodes_after": prepared.nodes_after,
+                        "max_abs_diff_vs_source": prepared.max_abs_diff,
+                        "dynamic_batch": prepared.dynamic_batch,
+                        "calibration_shape": prepared.input_shape},
+        "calibration": {"method": cfg.calibration.method, "seconds": round(cal.seconds, 3),
+                        "lsq": cfg.quantization.lsq.enabled},
+        "outputs": ev_int8.outputs,
+        "task": _task_rows(ev_int8, ev_sim),
+        "ppq_simulation": {"outputs": {k: {"sqnr_db": v["sqnr_db"], "cosine": v["cosine"]}
+                                       for k, v in ev_sim.outputs.items()},
+                           "task": ev_sim.task},
+        "worst_layers": layers[:10],
+        "layers": layers,
+        "fallback": fallback.as_dict() if fallback else None,
+        "placement": placement.as_dict(),
+        "timings_s": timings,
+        "versions": versions,
+    }
+    report["summary"].pop("calibration_images")
+    files = QuantResult(output_dir=out_dir, report=report)
+    plots = _plots(stage, report, fallback, cfg)
+    report["plots"] = [p.name for p in plots]
+    _tensorboard(stage, report)
+    write_json_atomic(stage / "report.json", report)
+    write_text_atomic(stage / "report.md", render_report_md(report))
+    # commit: move everything into place
+    try:
+        for item in sorted(stage.iterdir()):
+            dest = out_dir / item.name
+            if dest.is_dir() and item.is_dir():
+                shutil.rmtree(dest)
+            os.replace(item, dest)
+            files.files[item.name] = dest
+        stage.rmdir()
+    except OSError as exc:
+        raise OutputError(f"cannot move outputs into {str(out_dir)!r}: {exc.strerror or exc}",
+                          "check free space and permissions of output_dir") from exc
+    files.report = report
+    return files
+
+
+def _task_rows(ev_int8, ev_sim) -> dict:
+    t = dict(ev_int8.task)
+    t["ppq_simulation"] = {k: v for k, v in ev_sim.task.items() if k != "kind"}
+    return t
+
+
+def _plots(stage: Path, report: dict, fallback, cfg) -> list[Path]:
+    from xtrt.report import plots
+
+    out = []
+    layers = report.get("layers") or []
+    if layers:
+        out.append(plots.plot_layer_snr(layers, stage / "layers_noise.png", metric="noise_ratio",
+                                        title="Graph-wise noise/signal per quantized layer "
+                                              "(lower is better)"))
+    if fallback and fallback.trials:
+        target = cfg.analysis.target
+        goal = target.max_drop if target.metric == "sqnr" else 1.0 - target.max_drop
+        out.append(plots.plot_fallback_tradeoff(
+            [dict(t, chosen=(i == fallback.chosen)) for i, t in enumerate(fallback.trials)],
+            target.metric, goal, stage / "fallback.png"))
+    return out
+
+
+def _tensorboard(stage: Path, report: dict) -> None:
+    from xtrt.report.tensorboard import write_tensorboard
+
+    scalars = {}
+    for name, o in (report.get("outputs") or {}).items():
+        if o.get("sqnr_db") is not None and np.isfinite(o["sqnr_db"]):
+            scalars[f"fidelity/{name}/sqnr_db"] = float(o["sqnr_db"])
+        if o.get("cosine") is not None:
+            scalars[f"fidelity/{name}/cosine"] = float(o["cosine"])
+    task = report.get("task") or {}
+    for key in ("top1_agreement", "map50_95", "map50"):
+        if isinstance(task.get(key), (int, float)):
+            scalars[f"task/{key}"] = float(task[key])
+    fb = report.get("fallback")
+    if fb:
+        scalars["fallback/metric"] = [(t["n_fp32_layers"], float(t["metric"]))
+                                      for t in fb["trials"] if t.get("metric") is not None]
+    texts = {"summary": "\n".join(f"- {k}: {v}" for k, v in report["summary"].items())}
+    write_tensorboard(stage / "tensorboard" / "quant", scalars, texts,
+                      images={p: stage / p for p in report.get("plots", [])} or None)
