@@ -1,6 +1,7 @@
 """Atomic JSON/text writers: content, JSON-safety, no temp files left, OutputError text."""
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -74,3 +75,19 @@ def test_read_only_folder_hint(tmp_path):
         assert "fix its permissions" in str(e.value)
     finally:
         ro.chmod(0o700)
+
+
+@pytest.mark.parametrize("err, hint", [
+    (OSError(errno.ENOSPC, "No space left on device"), "free disk space or write the outputs to another disk"),
+    (PermissionError(errno.EACCES, "Permission denied"),
+     "choose an output folder you can write to, or fix its permissions"),
+])
+def test_disk_full_and_permission_hints(tmp_path, monkeypatch, err, hint):
+    def fail(*args, **kwargs):
+        raise err
+
+    monkeypatch.setattr("xtrt.report.files.os.replace", fail)
+    with pytest.raises(OutputError) as e:
+        write_json_atomic(tmp_path / "r.json", {})
+    assert str(e.value) == f"cannot write {tmp_path / 'r.json'}: {err.strerror} (fix: {hint})"
+    assert os.listdir(tmp_path) == []  # the temporary file is removed

@@ -57,3 +57,14 @@ def test_render_tolerates_missing_and_odd_keys():
 def test_md_table_default_columns():
     assert md_table([{"a": 1, "b": "x"}, {"c": 2.5}]).splitlines() == [
         "| a | b | c |", "|---:|---|---:|", "| 1 | x | - |", "| - | - | 2.5 |"]
+
+
+def test_fallback_result_dict_renders_added_layers():
+    fb = {"trials": [{"trial": 0, "n_fp32_layers": 0, "fp32_layers": [], "metric": 0.4, "passed": False},
+                     {"trial": 1, "n_fp32_layers": 2, "fp32_layers": ["a", "b"], "added": ["a", "b"],
+                      "metric": 0.8, "passed": True}],
+          "chosen": 1, "reached": True, "reason": "target met with 2 layer(s) in float"}
+    md = render_report_md({"fallback": fb})
+    assert "- **reason**: target met with 2 layer(s) in float" in md
+    assert "| trial | FP32 layers | metric | passed | added |" in md
+    assert "| 1 | 2 | 0.8000 | yes | a, b |" in md

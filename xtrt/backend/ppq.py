@@ -99,8 +99,13 @@ def _load_graph(model):
     from ppq.api import load_onnx_graph
     import onnx
 
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", prefix="xtrt_ppq_")
-    os.close(fd)
+    try:
+        fd, tmp = tempfile.mkstemp(suffix=".onnx", prefix="xtrt_ppq_")
+        os.close(fd)
+    except OSError as exc:
+        from xtrt.errors import OutputError
+        raise OutputError(f"cannot create a temporary file for PPQ: {exc.strerror or exc}",
+                          "free disk space in the temp folder (TMPDIR)") from exc
     try:
         onnx.save(model, tmp)
         with _quiet():
@@ -108,6 +113,10 @@ def _load_graph(model):
     except KeyError as exc:
         raise UnsupportedOpError(f"PPQ cannot parse op {exc}",
                                  "register a handler with --plugin my_ops.py") from exc
+    except OSError as exc:
+        from xtrt.errors import OutputError
+        raise OutputError(f"cannot write a temporary file for PPQ: {exc.strerror or exc}",
+                          "free disk space in the temp folder (TMPDIR)") from exc
     finally:
         os.unlink(tmp)
 
@@ -240,6 +249,12 @@ def _dispatch(graph, quantizer_cls, setting):
                                 quant_platform=TargetPlatform.UNSPECIFIED,
                                 fp32_platform=TargetPlatform.FP32,
                                 SOI_platform=TargetPlatform.FP32)
+    # PPQ's dispatcher is conservative about ops near the graph end (it sent a classifier's last
+    # GlobalAveragePool and Gemm to FP32); xtrt's placement decides instead, so every op of a
+    # quantizable type goes to the quantizer unless the FP32 table names it.
+    for op in graph.operations.values():
+        if op.type in quant_types and table.get(op.name) == TargetPlatform.FP32:
+            table[op.name] = TargetPlatform.UNSPECIFIED
     for name, platform in setting.dispatching_table.dispatchings.items():
         if name in graph.operations:
             table[name] = TargetPlatform(platform)

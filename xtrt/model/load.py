@@ -78,6 +78,9 @@ def save_model_atomic(model, path: str | Path) -> Path:
         big = model.ByteSize() > 1_800_000_000
         onnx.save(model, tmp, save_as_external_data=big,
                   location=p.name + ".data" if big else None)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, p)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

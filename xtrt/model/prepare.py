@@ -100,10 +100,8 @@ def _clear_output_shapes(model) -> None:
 
 
 def _split(model):
-    try:
-        from xtrt.model import split as split_mod
-    except ImportError:  # TEMP until split lands
-        return None
+    from xtrt.model import split as split_mod
+
     if not split_mod.find_plugin_nodes(model):
         return None
     return split_mod.split_model(model)
@@ -158,9 +156,6 @@ def prepare_model(source, input_shape: Sequence[int] | None = None, input_name: 
     shape = resolve_input_shape(dims, input_shape, input_name)
     batch_dim = dims[0] if isinstance(dims[0], str) else (
         "batch" if dims[0] is None or dims[0] == 0 else int(dims[0]))
-    if isinstance(batch_dim, int) and batch_dim != shape[0]:
-        raise ModelError(f"input {input_name!r} has a fixed batch of {batch_dim} but input.shape "
-                         f"asks for {shape[0]}", f"use input.shape [{batch_dim}, ...]")
 
     steps: list[str] = []
     plan = _split(source)

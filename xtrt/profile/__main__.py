@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=_imgsz, metavar="H[,W]", help="input size for dynamic H/W models")
     p.add_argument("--preprocess-plugin", metavar="FILE.py:FUNC",
                    help="preprocessing function image(RGB uint8 HWC) -> CHW float32")
+    p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MY_OPS.py",
+                   help="load op handlers for plugin nodes (xtrt.ops.REGISTRY.register); repeatable")
     p.add_argument("--threads", type=_positive, help="ONNX Runtime intra-op threads")
     p.add_argument("--max-images", type=_positive, default=64, help="photos used at most")
     p.add_argument("--no-trace", dest="trace", action="store_false",
@@ -95,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           overrides=list(args.overrides), device=args.device, backend=args.backend,
                           batches=args.batches, steps=args.steps, warmup=max(0, args.warmup),
                           compare=args.compare, out=args.out, imgsz=args.imgsz,
-                          preprocess_plugin=args.preprocess_plugin, int8=args.int8,
+                          preprocess_plugin=args.preprocess_plugin, plugins=list(args.plugins),
+                          int8=args.int8,
                           threads=args.threads, max_images=args.max_images, trace=args.trace)
     try:
         result = profile_model(opts)

@@ -51,6 +51,7 @@ class ProfileOptions:
     out: Path | None = None              # None: xtrt_out/<model stem>/profile
     imgsz: list[int] | None = None
     preprocess_plugin: str | None = None
+    plugins: list[str] = field(default_factory=list)   # op-handler files (xtrt.ops), e.g. my_ops.py
     int8: bool = False                   # ppq: the INT8-simulating executor
     threads: int | None = None
     max_images: int = 64
@@ -185,6 +186,12 @@ def profile_model(opts: ProfileOptions) -> ProfileResult:
         load_model(opts.compare)
     cfg = _load_cfg(opts)
     device = opts.device or (cfg.device if cfg else "cpu")
+    plugin_files = [str(cfg.path(p)) for p in cfg.plugins] if cfg else []
+    if plugin_files or opts.plugins:
+        from xtrt.ops import REGISTRY
+
+        for spec in [*plugin_files, *opts.plugins]:
+            REGISTRY.load_plugin(spec)
     from xtrt.profile.backends import check_device
 
     check_device(device, opts.backend)
@@ -208,6 +215,7 @@ def profile_model(opts: ProfileOptions) -> ProfileResult:
                      "decode and preprocess are not measured")
     out = _out_dir(opts)
     work = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    created = [d for d in work.parents if not d.exists()]  # removed again if the run fails
     try:
         if work.exists():
             shutil.rmtree(work)
@@ -247,6 +255,11 @@ def profile_model(opts: ProfileOptions) -> ProfileResult:
         return result
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
+        for d in created:  # innermost first
+            try:
+                d.rmdir()
+            except OSError:
+                break
         raise
 
 

@@ -131,7 +131,10 @@ class PpqBackend:
             else build(model, device=device)
         self.input_names = list(self.ex.input_names)
         self.body_outputs = list(self.ex.output_names)
-        self.output_shapes = [[] for _ in self.body_outputs]
+        from xtrt.model.load import dims_of
+
+        dims = {o.name: dims_of(o) for o in model.graph.output}
+        self.output_shapes = [dims.get(n, []) for n in self.body_outputs]
         self.runs = 0
 
     def to_device(self, feeds: dict[str, np.ndarray]):

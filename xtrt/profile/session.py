@@ -166,7 +166,7 @@ def _torch_top_ops(prof) -> list[OpRow]:
     rows = []
     for ev in prof.key_averages():
         name = ev.key
-        if name.startswith("ProfilerStep#") or name in STAGES or name.startswith("[memory]"):
+        if name.startswith("ProfilerStep") or name in STAGES or name.startswith("[memory]"):
             continue
         dev = getattr(ev, "self_device_time_total", None)
         if dev is None:

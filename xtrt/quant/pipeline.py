@@ -122,6 +122,7 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     out_dir = Path(cfg.output_dir) if cfg.output_dir and Path(cfg.output_dir).is_absolute() else (
         cfg.path(cfg.output_dir) if cfg.output_dir else
         Path(cfg.base_dir) / "xtrt_out" / Path(cfg.model).stem)
+    out_dir = out_dir.resolve()
     if cfg.device == "cuda":
         from xtrt.runtime.session import providers_for
         providers_for("cuda")

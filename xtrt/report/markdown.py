@@ -153,8 +153,8 @@ def _fallback(fb: Any) -> str:
     parts = [_kv(head)] if head else []
     trials = fb.get("trials") or []
     if trials and all(isinstance(t, Mapping) for t in trials):
-        parts.append(md_table(trials, _ordered_keys(trials, ["n_fp32_layers", "metric", "passed", "chosen",
-                                                              "layers"])))
+        parts.append(md_table(trials, _ordered_keys(trials, ["trial", "n_fp32_layers", "metric", "passed",
+                                                              "chosen", "added", "layers"])))
     elif trials:
         parts.append(_generic(trials))
     return "\n\n".join(p for p in parts if p) or "(no trials)"

@@ -93,15 +93,21 @@ def plot_layer_snr(layers: Sequence[Mapping[str, Any]], path: str | os.PathLike,
     y = np.arange(n)
     ax.barh(y, shown, color=[colors[o] for o in ops], height=0.75)
     ax.set_yticks(y, [_short(str(r.get("name", "?"))) for r in worst_first], fontsize=8)
-    ax.invert_yaxis()
+    ax.set_ylim(n - 0.4, -0.6)  # worst on top, no empty band above or below
     ax.set_xlabel(label)
     ax.grid(axis="x", alpha=0.3)
-    span = float(np.ptp(shown)) or abs(cap) or 1.0
+    log_x = metric != "snr_db" and bool(np.all(shown > 0)) and float(shown.max() / shown.min()) > 50
     for yi, v, s in zip(y, values, shown):
         text = "inf" if math.isinf(v) else (f"{v:.1f}" if metric == "snr_db" else f"{v:.3g}")
-        ax.text(s + 0.01 * span if s >= 0 else s - 0.01 * span, yi, text, va="center",
-                ha="left" if s >= 0 else "right", fontsize=7)
-    ax.set_xlim(min(0.0, float(shown.min()) - 0.08 * span), max(0.0, float(shown.max())) + 0.08 * span)
+        ax.annotate(text, (s, yi), xytext=(3 if s >= 0 else -3, 0), textcoords="offset points",
+                    va="center", ha="left" if s >= 0 else "right", fontsize=7)
+    if log_x:  # noise ratios span decades: one bad layer would flatten all the others
+        ax.set_xscale("log")
+        ax.set_xlim(float(shown.min()) / 2, float(shown.max()) * 3)
+        ax.set_xlabel(label + " (log scale)")
+    else:
+        span = float(np.ptp(shown)) or abs(cap) or 1.0
+        ax.set_xlim(min(0.0, float(shown.min()) - 0.08 * span), max(0.0, float(shown.max())) + 0.08 * span)
     ax.set_title(title or f"Worst {n} of {len(layers)} layers by {label.split(',')[0]}")
     ax.legend(handles=[Patch(color=c, label=k) for k, c in colors.items()], title="op type",
               loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title_fontsize=8, frameon=False)
@@ -128,16 +134,14 @@ def plot_activation_scatter(ref: np.ndarray, test: np.ndarray, name: str, path: 
     title = f"{name}: INT8 vs FP32"
     if r.size == 0:
         return _no_data(path, title)
-    fig = _figure(6, 6)
-    ax = fig.add_subplot()
+    fig = _figure(6, 8.4)
+    ax, ax_e = fig.subplots(2, 1, height_ratios=[3, 1.25], sharex=True)
     ax.scatter(r, t, s=3, alpha=0.35, color="tab:blue", edgecolors="none", rasterized=True)
     lo, hi = float(min(r.min(), t.min())), float(max(r.max(), t.max()))
     pad = 0.03 * (hi - lo or 1.0)
-    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="tab:red", lw=1, label="y = x")
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="tab:red", lw=1, label="y = x", zorder=3)
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(lo - pad, hi + pad)
-    ax.set_aspect("equal")
-    ax.set_xlabel("FP32 value")
     ax.set_ylabel("INT8 value")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", frameon=False)
@@ -145,16 +149,26 @@ def plot_activation_scatter(ref: np.ndarray, test: np.ndarray, name: str, path: 
     if sqnr_db is not None:
         sub += ", SQNR " + ("inf" if math.isinf(sqnr_db) else f"{sqnr_db:.1f}") + " dB"
     ax.set_title(f"{_short(title, 60)}\n{sub}", fontsize=10)
+    # the error panel shows what the scatter hides at this scale: rounding steps and clipping
+    ax_e.scatter(r, t - r, s=3, alpha=0.35, color="tab:purple", edgecolors="none", rasterized=True)
+    ax_e.axhline(0.0, color="tab:red", lw=1)
+    ax_e.set_xlabel("FP32 value")
+    ax_e.set_ylabel("INT8 \u2212 FP32")
+    ax_e.grid(alpha=0.3)
     return _save(fig, path)
 
 
 def plot_fallback_tradeoff(trials: Sequence[Mapping[str, Any]], metric_name: str, target: float | None,
-                           path: str | os.PathLike) -> Path:
+                           path: str | os.PathLike, chosen: int | None = None) -> Path:
     """Task metric against the number of layers kept in FP32, one point per fallback trial.
 
-    Trials are dicts with ``n_fp32_layers`` and ``metric``; optional ``passed`` (bool: drawn
-    green/grey) and ``chosen`` (bool: drawn as a star). ``target`` is drawn as a dashed line.
+    Trials are dicts with ``n_fp32_layers`` and ``metric`` (trials whose metric is None are left
+    out); optional ``passed`` (bool: drawn green/grey) and ``chosen`` (bool: drawn as a star).
+    ``chosen``, the argument, marks ``trials[chosen]`` instead (as ``FallbackResult.chosen``).
+    ``target`` is drawn as a dashed line.
     """
+    if chosen is not None and 0 <= chosen < len(trials):
+        trials = [dict(t, chosen=(i == chosen)) for i, t in enumerate(trials)]
     rows = sorted((t for t in trials if t.get("metric") is not None and t.get("n_fp32_layers") is not None),
                   key=lambda t: t["n_fp32_layers"])
     title = f"Fallback: {metric_name} vs layers kept in FP32"
@@ -174,9 +188,9 @@ def plot_fallback_tradeoff(trials: Sequence[Mapping[str, Any]], metric_name: str
         ax.scatter([], [], c="tab:green", s=36, label="meets target")
     if any(p is False for p in passed):
         ax.scatter([], [], c="0.45", s=36, label="below target")
-    chosen = [(xi, yi) for xi, yi, t in zip(x, y, rows) if t.get("chosen")]
-    if chosen:
-        ax.scatter(*zip(*chosen), marker="*", s=260, facecolors="none", edgecolors="tab:orange",
+    star = [(xi, yi) for xi, yi, t in zip(x, y, rows) if t.get("chosen")]
+    if star:
+        ax.scatter(*zip(*star), marker="*", s=260, facecolors="none", edgecolors="tab:orange",
                    linewidths=1.6, zorder=3, label="chosen")
     if target is not None:
         ax.axhline(float(target), color="tab:red", ls="--", lw=1, label=f"target {float(target):.4g}")

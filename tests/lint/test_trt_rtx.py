@@ -1,0 +1,98 @@
+"""xtrt.lint.trt_rtx: TensorRT-RTX 1.7 AOT builds (SM89, no GPU) of tiny Q/DQ models."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from . import tiny_models as tm
+from xtrt.errors import XtrtError
+from xtrt.lint import trt_rtx
+
+needs_trt_rtx = pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt_rtx_bindings") is None,
+    reason="tensorrt_rtx_bindings not installed (pip install tensorrt-rtx-cu13-libs==1.7.1.116 "
+           "tensorrt-rtx-cu13-bindings==1.7.1.116)")
+
+LAYERS_MSG = """Layers:
+Name: __myl_Quant_myl0_1, LayerType: kgen, Inputs: [ { Name: x, Dimensions: [-1,8,16,16], Datatype: Float, Format: (Linear) Row major }], Constants: [ { Name: c, Dimensions: [1], Datatype: Float, Format: (Linear) }], Outputs: [ { Name: xq, Dimensions: [-1,8,16,16], Datatype: Int8, Format: (NHWC) Channel major format }], TacticName: __myl_Quant_0x1, StreamId: 0, Metadata: [ONNX Layer: x_Q]
+Name: conv_myl0_2, LayerType: correlation, Inputs: [ { Name: xq, Dimensions: [-1,8,16,16], Datatype: Int8, Format: (NHWC) Channel major format }], Constants: [ { Name: w, Dimensions: [16,8,3,3], Datatype: Int8, Format: (NHWC) }, { Name: b, Dimensions: [1,16,1,1], Datatype: Float, Format: (NHWC) }], Outputs: [ { Name: y, Dimensions: [-1,16,16,16], Datatype: Float, Format: (NHWC) }], TacticName: __myelin_CASK_STUB, StreamId: 0, Metadata: [ONNX Layer: conv][ONNX Layer: x_DQ][ONNX Layer: w_DQ]
+
+I/O Tensors:
+ Name: x, IOMode: Input, DataType: Float, Dimensions: [-1,8,16,16], Location: Device
+"""
+
+
+def test_parse_layers_reads_types_datatypes_and_onnx_nodes():
+    layers = trt_rtx.parse_layers(LAYERS_MSG)
+    assert [layer.name for layer in layers] == ["__myl_Quant_myl0_1", "conv_myl0_2"]
+    q, conv = layers
+    assert (q.layer_type, q.input_types, q.output_types, q.onnx_nodes) == \
+        ("kgen", ["Float"], ["Int8"], ["x_Q"])
+    assert conv.is_convolution and conv.int8_input and not q.is_convolution
+    assert conv.constant_types == ["Int8", "Float"]
+    assert conv.onnx_nodes == ["conv", "x_DQ", "w_DQ"]
+    rep = trt_rtx.BuildReport(parsed=True, built=True, layers=layers)
+    assert rep.int8_convolutions == 1 and rep.layer_types() == {"kgen": 1, "correlation": 1}
+
+
+def test_missing_bindings_is_a_user_error_with_pip_hint(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorrt_rtx_bindings" else real(name, *a))
+    with pytest.raises(XtrtError) as exc:
+        trt_rtx.build_with_trt_rtx(tm.qdq_conv())
+    assert "tensorrt_rtx_bindings) is not installed" in str(exc.value)
+    assert "pip install tensorrt-rtx-cu13-libs==1.7.1.116 tensorrt-rtx-cu13-bindings==1.7.1.116" \
+        in str(exc.value)
+
+
+@needs_trt_rtx
+def test_qdq_conv_builds_with_int8_convolution():
+    rep = trt_rtx.build_with_trt_rtx(tm.qdq_conv())
+    assert rep.ok, rep.summary()
+    assert rep.label == "TensorRT-RTX 1.7 AOT build, SM89"
+    convs = rep.convolutions
+    assert len(convs) == 1 and convs[0].input_types == ["Int8"]
+    assert "conv" in convs[0].onnx_nodes and "w_DQ" in convs[0].onnx_nodes
+    assert rep.int8_convolutions == 1 and rep.engine_bytes > 0
+    assert rep.summary().startswith("TensorRT-RTX 1.7 AOT build, SM89: built in")
+    assert "1/1 convolutions take Int8" in rep.summary()
+
+
+@needs_trt_rtx
+def test_float_conv_takes_no_int8():
+    rep = trt_rtx.build_with_trt_rtx(tm.float_conv().SerializeToString())
+    assert rep.ok and rep.int8_convolutions == 0
+
+
+@needs_trt_rtx
+def test_int32_bias_dequantize_is_rejected_by_the_parser():
+    rep = trt_rtx.build_with_trt_rtx(tm.qdq_conv(int32_bias=True))
+    assert not rep.parsed and not rep.ok
+    assert any("has type Int32 but must have type" in e for e in rep.parse_errors), rep.parse_errors
+    assert "parse FAILED" in rep.summary()
+
+
+@needs_trt_rtx
+def test_plugin_model_fails_whole_and_builds_body_only():
+    model = tm.qdq_conv_with_plugin_tail()
+    whole = trt_rtx.build_with_trt_rtx(model)
+    assert not whole.parsed and any("Plugin not found" in e for e in whole.parse_errors)
+    body = trt_rtx.build_with_trt_rtx(model, build_body_only=True)
+    assert body.ok, body.summary()
+    assert body.body_only and body.plugin_nodes == ["batched_nms"]
+    assert "(body before plugin nodes batched_nms)" in body.summary()
+    assert body.int8_convolutions == 1
+
+
+@needs_trt_rtx
+def test_dynamic_non_batch_dims_need_shapes():
+    model = tm.qdq_conv()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param = "H"
+    with pytest.raises(XtrtError, match="dynamic dimensions .* besides the batch"):
+        trt_rtx.build_with_trt_rtx(model)
+    rep = trt_rtx.build_with_trt_rtx(
+        model, shapes={"x": ((1, 8, 8, 16), (1, 8, 16, 16), (2, 8, 32, 16))})
+    assert rep.ok, rep.summary()

@@ -1,0 +1,149 @@
+"""Tiny Q/DQ ONNX models for the lint tests, built with onnx.helper (nothing downloaded).
+
+``qdq_conv()`` is a correct TensorRT-style explicit-quantization Conv (symmetric int8, per-channel
+weight along axis 0, float bias); its keyword arguments break it one way at a time.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 13
+
+
+def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(arr), name)
+
+
+def _model(nodes, inits, inp, out, batch="N") -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *inp])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None if out is None else [batch, *out])],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model
+
+
+def conv_weights(cin: int = 8, cout: int = 16, k: int = 3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 0.2, (cout, cin, k, k)).astype(np.float32)
+    b = rng.normal(0, 0.1, cout).astype(np.float32)
+    return w, b
+
+
+def qdq_conv(*, cin: int = 8, cout: int = 16, size: int = 16, act_scale: float = 4.0 / 127,
+             quant_act: bool = True, quant_weight: bool = True, weight_axis: int = 0,
+             weight_scale_count: int | None = None, act_zero_point: int = 0,
+             zp_dtype=np.int8, omit_act_zero_point: bool = False, int32_bias: bool = False,
+             bad_scale: float | None = None) -> onnx.ModelProto:
+    """x -> Q -> DQ -> Conv(DQ(int8 W), bias) -> y.  Keyword arguments inject one defect each."""
+    w, b = conv_weights(cin, cout)
+    nodes, inits = [], []
+    conv_in = "x"
+    if quant_act:
+        inits.append(_init("x_scale", np.float32(act_scale if bad_scale is None else bad_scale)))
+        q_inputs = ["x", "x_scale"]
+        if not omit_act_zero_point:
+            inits.append(_init("x_zp", np.array(act_zero_point, dtype=zp_dtype)))
+            q_inputs.append("x_zp")
+        nodes += [helper.make_node("QuantizeLinear", q_inputs, ["x_q"], name="x_Q"),
+                  helper.make_node("DequantizeLinear", ["x_q", *q_inputs[1:]], ["x_dq"], name="x_DQ")]
+        conv_in = "x_dq"
+    w_in = "w"
+    if quant_weight:
+        amax = np.abs(w).reshape(cout, -1).max(1)
+        scale = (amax / 127).astype(np.float32)
+        wq = np.clip(np.round(w / scale[:, None, None, None]), -127, 127).astype(np.int8)
+        n_scales = weight_scale_count or (w.shape[weight_axis])
+        if n_scales != cout:
+            scale = np.resize(scale, n_scales)
+        inits += [_init("w_int8", wq), _init("w_scale", scale),
+                  _init("w_zp", np.zeros(n_scales, np.int8))]
+        nodes.append(helper.make_node("DequantizeLinear", ["w_int8", "w_scale", "w_zp"], ["w_dq"],
+                                      name="w_DQ", axis=weight_axis))
+        w_in = "w_dq"
+    else:
+        inits.append(_init("w", w))
+    b_in = "b"
+    if int32_bias:
+        bscale = (act_scale * np.abs(w).reshape(cout, -1).max(1) / 127).astype(np.float32)
+        inits += [_init("b_int32", np.round(b / bscale).astype(np.int32)), _init("b_scale", bscale),
+                  _init("b_zp", np.zeros(cout, np.int32))]
+        nodes.append(helper.make_node("DequantizeLinear", ["b_int32", "b_scale", "b_zp"], ["b_dq"],
+                                      name="b_DQ", axis=0))
+        b_in = "b_dq"
+    else:
+        inits.append(_init("b", b))
+    nodes.append(helper.make_node("Conv", [conv_in, w_in, b_in], ["y"], name="conv",
+                                  kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    return _model(nodes, inits, [cin, size, size], [cout, size, size])
+
+
+def float_conv(**kw) -> onnx.ModelProto:
+    """The same Conv with no Q/DQ at all."""
+    return qdq_conv(quant_act=False, quant_weight=False, **kw)
+
+
+def qdq_conv_then_float_conv() -> onnx.ModelProto:
+    """A quantized Conv followed by a Conv left wholly in float (``conv2``)."""
+    m = qdq_conv(cin=8, cout=8)
+    w2, b2 = conv_weights(8, 8, seed=1)
+    g = m.graph
+    g.output[0].name = "y1"
+    g.node[-1].output[0] = "y1"
+    g.initializer.extend([_init("w2", w2), _init("b2", b2)])
+    g.node.append(helper.make_node("Conv", ["y1", "w2", "b2"], ["y"], name="conv2",
+                                   kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    g.output[0].name = "y"
+    return m
+
+
+def qdq_gemm(*, trans_b: int = 1, weight_axis: int | None = None, op: str = "Gemm") -> onnx.ModelProto:
+    """x[N, 32] -> Q/DQ -> Gemm/MatMul with a per-channel int8 weight -> y[N, 10]."""
+    rng = np.random.default_rng(2)
+    k, n = 32, 10
+    w = rng.normal(0, 0.2, (n, k) if (op == "Gemm" and trans_b) else (k, n)).astype(np.float32)
+    out_axis = 0 if (op == "Gemm" and trans_b) else 1
+    axis = out_axis if weight_axis is None else weight_axis
+    amax = np.abs(w).max(axis=1 - axis)
+    scale = (amax / 127).astype(np.float32)
+    shape = [1, 1]
+    shape[axis] = -1
+    wq = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    inits = [_init("x_scale", np.float32(4.0 / 127)), _init("x_zp", np.int8(0)), _init("w_int8", wq),
+             _init("w_scale", scale), _init("w_zp", np.zeros(scale.size, np.int8))]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["x_q"], name="x_Q"),
+             helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zp"], ["x_dq"], name="x_DQ"),
+             helper.make_node("DequantizeLinear", ["w_int8", "w_scale", "w_zp"], ["w_dq"],
+                              name="w_DQ", axis=axis)]
+    if op == "Gemm":
+        nodes.append(helper.make_node("Gemm", ["x_dq", "w_dq"], ["y"], name="fc", transB=trans_b))
+    else:
+        nodes.append(helper.make_node("MatMul", ["x_dq", "w_dq"], ["y"], name="fc"))
+    return _model(nodes, inits, [k], [n])
+
+
+def qdq_conv_with_plugin_tail() -> onnx.ModelProto:
+    """qdq_conv() followed by an EfficientNMS_TRT node (the plugin-terminated deployment shape)."""
+    m = qdq_conv(cin=8, cout=8)
+    g = m.graph
+    g.node[-1].output[0] = "feat"
+    del g.output[:]
+    g.initializer.extend([_init("box_shape", np.array([0, 8 * 16 * 16 // 4, 4], np.int64)),
+                          _init("sc_shape", np.array([0, 8 * 16 * 16 // 4, 4], np.int64))])
+    g.node.extend([
+        helper.make_node("Reshape", ["feat", "box_shape"], ["boxes"], name="to_boxes"),
+        helper.make_node("Reshape", ["feat", "sc_shape"], ["scores"], name="to_scores"),
+        helper.make_node("EfficientNMS_TRT", ["boxes", "scores"],
+                         ["num_dets", "det_boxes", "det_scores", "det_classes"], name="batched_nms",
+                         domain="", background_class=-1, box_coding=1, iou_threshold=0.45,
+                         max_output_boxes=10, plugin_version="1", score_activation=0,
+                         score_threshold=0.25)])
+    for name, dt, shape in (("num_dets", TensorProto.INT32, ["N", 1]),
+                            ("det_boxes", TensorProto.FLOAT, ["N", 10, 4]),
+                            ("det_scores", TensorProto.FLOAT, ["N", 10]),
+                            ("det_classes", TensorProto.INT32, ["N", 10])):
+        g.output.append(helper.make_tensor_value_info(name, dt, shape))
+    return m

@@ -1,0 +1,82 @@
+import pytest
+
+from xtrt.config import apply_overrides, config_from_dict, load_config
+from xtrt.errors import ConfigError
+
+
+def test_defaults_and_nested_values():
+    cfg = config_from_dict({"model": "m.onnx", "calibration": {"steps": 3, "method": "kl"},
+                            "quantization": {"lsq": {"enabled": True, "steps": 10}}})
+    assert cfg.calibration.steps == 3 and cfg.calibration.method == "kl"
+    assert cfg.quantization.lsq.enabled and cfg.quantization.lsq.steps == 10
+    assert cfg.preprocess.preset == "letterbox"
+
+
+def test_unknown_key_suggests_the_right_one():
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"model": "m.onnx", "calibraton": {}})
+    assert str(e.value) == "unknown config key 'calibraton' (fix: did you mean 'calibration'?)"
+
+
+def test_unknown_nested_key_names_its_path():
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"model": "m.onnx", "calibration": {"step": 4}})
+    assert "unknown config key 'calibration.step'" in str(e.value)
+    assert "did you mean 'calibration.steps'?" in str(e.value)
+
+
+def test_bad_choice_lists_allowed_values():
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"model": "m.onnx", "calibration": {"method": "entropy"}})
+    assert str(e.value) == ("calibration.method: 'entropy' is not allowed "
+                            "(fix: use one of: percentile, kl, mse, minmax)")
+
+
+@pytest.mark.parametrize("section,key,value,text", [
+    ("calibration", "steps", "many", "calibration.steps: expected an integer, got 'many'"),
+    ("calibration", "steps", 0, "calibration.steps: must be >= 1, got 0"),
+    ("calibration", "shuffle", "yes", "calibration.shuffle: expected true or false, got 'yes'"),
+    ("preprocess", "size", [640], "preprocess.size: [640] is not [height, width]"),
+    ("input", "shape", [1, 3, 0, 4], "input.shape: [1, 3, 0, 4] is not a valid shape"),
+])
+def test_bad_values(section, key, value, text):
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"model": "m.onnx", section: {key: value}})
+    assert text in str(e.value)
+
+
+def test_model_is_required():
+    with pytest.raises(ConfigError, match="config has no 'model'"):
+        config_from_dict({})
+
+
+def test_overrides_parse_yaml_values(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model: m.onnx\ncalibration:\n  steps: 4\n")
+    cfg = load_config(p, ["calibration.steps=64", "calibration.method=mse",
+                          "input.shape=[1,3,224,224]", "analysis.target.metric=top1"])
+    assert cfg.calibration.steps == 64 and cfg.calibration.method == "mse"
+    assert cfg.input.shape == [1, 3, 224, 224]
+    assert cfg.analysis.target.metric == "top1"
+
+
+def test_override_without_equals_is_an_error():
+    with pytest.raises(ConfigError, match="--set 'calibration.steps' is not key=value"):
+        apply_overrides({}, ["calibration.steps"])
+
+
+def test_paths_resolve_relative_to_the_config(tmp_path):
+    sub = tmp_path / "cfgs"
+    sub.mkdir()
+    (sub / "c.yaml").write_text("model: ../m.onnx\n")
+    cfg = load_config(sub / "c.yaml")
+    assert cfg.path(cfg.model).resolve() == (tmp_path / "m.onnx").resolve()
+
+
+def test_missing_and_invalid_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="is not valid YAML at line"):
+        load_config(bad)

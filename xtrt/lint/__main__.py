@@ -1,0 +1,99 @@
+"""``python -m xtrt.lint MODEL.onnx [--trt-rtx]``: structural Q/DQ checks (and a TensorRT-RTX build).
+
+Exit codes: 0 no errors, 1 lint errors (or a user error), 2 usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from xtrt.cli import add_common_args, configure_logging, run_main
+from xtrt.errors import ConfigError
+
+log = logging.getLogger("xtrt.lint")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m xtrt.lint",
+        description="Check a Q/DQ ONNX model for what TensorRT needs (quantized Conv/Gemm/MatMul "
+                    "inputs and weights, no int32 bias DequantizeLinear, symmetric int8, "
+                    "per-channel axis, valid scales); optionally build it with TensorRT-RTX.")
+    p.add_argument("model", help="quantized ONNX model")
+    p.add_argument("--quant-cfg", metavar="JSON",
+                   help="xtrt quant_cfg.json whose float_ops/decode_tail are float on purpose "
+                        "(default: quant_cfg.json beside the model, if present)")
+    p.add_argument("--strict", action="store_true",
+                   help="a Conv/Gemm/MatMul left wholly in float is an error, not a warning")
+    p.add_argument("--trt-rtx", action="store_true",
+                   help="also parse and build with the TensorRT-RTX builder (SM89, no GPU needed)")
+    p.add_argument("--body-only", action="store_true",
+                   help="with --trt-rtx: build only the graph before plugin nodes (EfficientNMS_TRT)")
+    p.add_argument("--show-info", action="store_true", help="print info-level findings too")
+    add_common_args(p)
+    return p
+
+
+def _declared_float(model_path: Path, cfg_path: str | None) -> list[str]:
+    path = Path(cfg_path) if cfg_path else model_path.parent / "quant_cfg.json"
+    if not path.is_file():
+        if cfg_path:
+            raise ConfigError(f"--quant-cfg {cfg_path!r} does not exist", "check the path")
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {str(path)!r} as JSON: {exc}",
+                          "pass the quant_cfg.json written by xtrt.quant") from exc
+    names = list(data.get("float_ops") or {}) + list(data.get("decode_tail") or [])
+    return [n if isinstance(n, str) else str(n) for n in names]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
+    t0 = time.perf_counter()
+    from xtrt.lint.qdq import lint_qdq, summarize
+    from xtrt.model.load import load_model
+
+    path = Path(args.model)
+    model = load_model(path)
+    floats = _declared_float(path, args.quant_cfg)
+    findings = lint_qdq(model, float_nodes=floats, strict=args.strict)
+    for f in findings:
+        if f.severity != "info" or args.show_info:
+            print(f)
+    counts = summarize(findings)
+    failed = counts["error"] > 0
+    extra = ""
+    if args.trt_rtx:
+        from xtrt.lint.trt_rtx import build_with_trt_rtx
+
+        rep = build_with_trt_rtx(model, build_body_only=args.body_only)
+        print(rep.summary())
+        for err in (rep.parse_errors + rep.build_errors)[1:]:
+            print(f"  {err}")
+        if not rep.ok and not args.body_only and any("Plugin not found" in e
+                                                     for e in rep.parse_errors):
+            print("  (a plugin-terminated model: rerun with --body-only to build the graph "
+                  "before the plugin nodes)")
+        failed = failed or not rep.ok
+        extra = f"; {rep.label}: {'built' if rep.ok else 'FAILED'}"
+    cmd = "python -m xtrt.lint " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(f"{'FAILED' if failed else 'PASSED'} xtrt.lint in {time.perf_counter() - t0:.1f}s: "
+          f"{counts['error']} errors, {counts['warning']} warnings, {counts['info']} info"
+          f"{extra} | {cmd}")
+    return 1 if failed else 0
+
+
+def entry() -> None:
+    sys.exit(run_main(main))
+
+
+if __name__ == "__main__":
+    entry()
