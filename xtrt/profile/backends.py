@@ -65,7 +65,7 @@ class OrtBackend:
             # The split runner owns the body session (made by make_session with our kwargs) and
             # runs the plugin tail through the xtrt.ops handlers in torch.
             runner = SplitRunner(model, device=device, **kwargs)
-            self.session = getattr(runner, "session", None) or runner._session
+            self.session = runner.session
             self.tail = lambda feeds, outs: runner.run_tail(feeds, dict(zip(self.body_outputs, outs)))
         else:
             self.session = make_session(model, device, **kwargs)

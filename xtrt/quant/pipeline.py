@@ -168,6 +168,7 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     # 4. export (in memory) + verify
     t0 = time.perf_counter()
     qmodel = ex.export_qdq(prepared.model, cal, placement)
+    qmodel_all_int8 = qmodel
     lap("export", t0)
     t0 = time.perf_counter()
     ref_runner = SplitRunner(source, device=cfg.device)
@@ -225,12 +226,8 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     if target is not None:
         t0 = time.perf_counter()
         metric = target.metric
-        fp32_value = {"top1": 1.0, "map50_95": 1.0}.get(metric)
+        goal = target.goal()
         first = metric_value(ev_int8, metric)
-        if metric == "sqnr":
-            goal = target.max_drop  # for sqnr, max_drop is read as the minimum dB to reach
-        else:
-            goal = fp32_value - target.max_drop
         ranking = [k for k, _ in sorted(layerwise.items(), key=lambda kv: -kv[1])] or \
             [r["name"] for r in layers]
         cache: dict[tuple, object] = {}
@@ -246,7 +243,7 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
             cache[tuple(fp32_layers)] = (p, ev_t)
             return metric_value(ev_t, metric)
 
-        fallback = run_fallback(ranking, trial, baseline=fp32_value or 0.0, target=goal,
+        fallback = run_fallback(ranking, trial, target=goal,
                                 max_trials=cfg.analysis.max_trials,
                                 per_trial=cfg.analysis.layers_per_trial, first_value=first)
         chosen_layers = tuple(fallback.fp32_layers)
@@ -259,7 +256,8 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     stage = _check_output_dir(out_dir)
     try:
         files = _write_outputs(stage, out_dir, cfg, prepared, cal, placement, qmodel, chosen_eval,
-                               ev_sim, ev_int8, layers, fallback, timings, t_start, ed)
+                               ev_sim, ev_int8, layers, fallback, timings, t_start, ed,
+                               qmodel_all_int8)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -276,7 +274,7 @@ def _sim_with_tail(cal, feeds, prepared, cfg):
 
 
 def _write_outputs(stage: Path, out_dir: Path, cfg, prepared, cal, placement, qmodel, ev_int8, ev_sim,
-                   ev_first, layers, fallback, timings, t_start, ed) -> QuantResult:
+                   ev_first, layers, fallback, timings, t_start, ed, qmodel_all_int8) -> QuantResult:
     import yaml
 
     from xtrt.model.load import save_model_atomic
@@ -327,7 +325,7 @@ def _write_outputs(stage: Path, out_dir: Path, cfg, prepared, cal, placement, qm
     }
     report["summary"].pop("calibration_images")
     files = QuantResult(output_dir=out_dir, report=report)
-    plots = _plots(stage, report, fallback, cfg)
+    plots = _plots(stage, report, fallback, cfg, prepared, qmodel_all_int8, ed.batches)
     report["plots"] = [p.name for p in plots]
     _tensorboard(stage, report)
     write_json_atomic(stage / "report.json", report)
@@ -354,18 +352,65 @@ def _task_rows(ev_int8, ev_sim) -> dict:
     return t
 
 
-def _plots(stage: Path, report: dict, fallback, cfg) -> list[Path]:
+def _tensor_values(model, tensor: str, batches, device: str) -> np.ndarray:
+    """Values of an intermediate tensor on ``batches`` (ORT; the body of a plugin model)."""
+    import onnx
+    from onnx import helper
+
+    from xtrt.model.split import find_plugin_nodes, split_model
+    from xtrt.runtime.session import make_session
+
+    m = split_model(model).body if find_plugin_nodes(model) else model
+    work = onnx.ModelProto()
+    work.CopyFrom(m)
+    del work.graph.output[:]
+    work.graph.output.append(helper.make_empty_tensor_value_info(tensor))
+    sess = make_session(work, device)
+    return np.concatenate([sess.run([tensor], b.feeds)[0].reshape(-1) for b in batches])
+
+
+def _worst_layer_scatter(stage: Path, prepared, qmodel, layer: str, batches, device: str):
+    from xtrt.analysis.metrics import sqnr_db
+    from xtrt.report import plots
+
+    node = next((n for n in prepared.model.graph.node if n.name == layer), None)
+    if node is None or not batches:
+        return None
+    out = node.output[0]
+    ref = _tensor_values(prepared.model, out, batches[:2], device)
+    test = _tensor_values(qmodel, out, batches[:2], device)
+    return plots.plot_activation_scatter(ref, test, f"{layer} output ({node.op_type})",
+                                         stage / "worst_layer_scatter.png",
+                                         sqnr_db=sqnr_db(ref, test))
+
+
+def _plots(stage: Path, report: dict, fallback, cfg, prepared=None, qmodel=None,
+           batches=()) -> list[Path]:
     from xtrt.report import plots
 
     out = []
+    worst = (report.get("summary") or {}).get("worst_layer")
+    if worst and prepared is not None:
+        try:
+            p = _worst_layer_scatter(stage, prepared, qmodel, worst, list(batches), cfg.device)
+            if p is not None:
+                out.append(p)
+        except Exception as exc:  # a plot must never fail the run
+            log.warning("could not draw the worst layer's activations: %s", exc)
     layers = report.get("layers") or []
     if layers:
         out.append(plots.plot_layer_snr(layers, stage / "layers_noise.png", metric="noise_ratio",
-                                        title="Graph-wise noise/signal per quantized layer "
-                                              "(lower is better)"))
+                                        title="Graph-wise noise/signal per quantized layer, "
+                                              "accumulated through the graph (lower is better)"))
+    alone = [{"name": r["name"], "op_type": r["op_type"], "noise_ratio": r["layerwise_noise_ratio"]}
+             for r in layers if r.get("layerwise_noise_ratio") is not None]
+    if alone:
+        out.append(plots.plot_layer_snr(alone, stage / "layers_alone.png", metric="noise_ratio",
+                                        title="Layer-wise: output noise/signal with only that layer "
+                                              "in INT8 (the fallback ranking; lower is better)"))
     if fallback and fallback.trials:
         target = cfg.analysis.target
-        goal = target.max_drop if target.metric == "sqnr" else 1.0 - target.max_drop
+        goal = target.goal()
         out.append(plots.plot_fallback_tradeoff(
             [dict(t, chosen=(i == fallback.chosen)) for i, t in enumerate(fallback.trials)],
             target.metric, goal, stage / "fallback.png"))

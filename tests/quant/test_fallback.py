@@ -1,0 +1,80 @@
+"""A layer that is deliberately hard to quantize: analysis must rank it first and fallback fix it."""
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_classifier, make_images, write_config
+from xtrt.analysis.fallback import run_fallback
+from xtrt.cli import run_main
+from xtrt.quant.__main__ import main
+from xtrt.runtime.session import make_session
+
+
+@pytest.fixture(scope="module")
+def outlier_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("outlier")
+    make_classifier(tmp / "m.onnx", outlier_channel=True)
+    make_images(tmp / "images", n=24)
+    cfg = write_config(
+        tmp / "c.yaml", model="m.onnx", output_dir="out", input={"shape": [2, 3, 32, 32]},
+        preprocess={"preset": "resize_crop", "short_side": 32, "crop": [32, 32]},
+        calibration={"data": "images", "steps": 4, "batch_size": 2},
+        evaluation={"count": 16, "batch_size": 4},
+        analysis={"layerwise": True, "analysis_steps": 2, "max_trials": 4, "layers_per_trial": 1,
+                  "target": {"metric": "sqnr", "min_value": 12.0}})
+    assert run_main(main, ["--config", str(cfg), "-q"]) == 0
+    return tmp, json.loads((tmp / "out" / "report.json").read_text())
+
+
+def test_outlier_layer_is_ranked_first(outlier_run):
+    _, rep = outlier_run
+    assert rep["worst_layers"][0]["name"] == "conv2"
+    assert rep["summary"]["worst_layer"] == "conv2"
+
+
+def test_fallback_moves_it_to_float_and_reaches_the_target(outlier_run):
+    tmp, rep = outlier_run
+    fb = rep["fallback"]
+    assert fb["reached"] is True
+    assert fb["trials"][0]["metric"] < 12.0          # all-INT8 misses the target
+    chosen = fb["trials"][fb["chosen"]]
+    assert chosen["fp32_layers"][0] == "conv2" and chosen["metric"] >= 12.0
+    cfg = json.loads((tmp / "out" / "quant_cfg.json").read_text())
+    assert "conv2" not in cfg["int8_ops"] and "fallback" in cfg["float_ops"]["conv2"]
+
+
+def test_report_matches_a_reevaluation_of_the_exported_model(outlier_run):
+    tmp, rep = outlier_run
+    from xtrt.config import PreprocessConfig
+    from xtrt.data.images import decode_image, list_files
+    from xtrt.data.preprocess import build_preprocess
+    pre = build_preprocess(PreprocessConfig(preset="resize_crop", short_side=32, crop=[32, 32]))
+    files = list_files(tmp / "images")[8:24]
+    x = np.stack([pre(decode_image(f))[0] for f in files])
+    ref = make_session(tmp / "m.onnx").run(None, {"input": x})[0].astype(np.float64)
+    got = make_session(tmp / "out" / "quantized.onnx").run(None, {"input": x})[0]
+    sqnr = 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum())
+    assert rep["outputs"]["logits"]["sqnr_db"] == pytest.approx(sqnr, abs=0.05)
+    assert rep["fallback"]["trials"][rep["fallback"]["chosen"]]["metric"] == pytest.approx(sqnr, abs=0.05)
+
+
+def test_pngs_are_written(outlier_run):
+    tmp, rep = outlier_run
+    for name in ("layers_noise.png", "layers_alone.png", "fallback.png", "worst_layer_scatter.png"):
+        data = (tmp / "out" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+
+
+def test_fallback_says_plainly_when_the_target_is_out_of_reach():
+    res = run_fallback(["a", "b", "c"], lambda layers: 0.5 + 0.1 * len(layers), target=0.99,
+                       max_trials=2, per_trial=1, first_value=0.5)
+    assert not res.reached and len(res.trials) == 3
+    assert res.reason.startswith("target not met within 2 trial(s) (budget analysis.max_trials)")
+    assert res.chosen == 2  # the best trial is kept
+
+
+def test_fallback_stops_when_no_layers_are_left():
+    res = run_fallback(["a"], lambda layers: 0.0, target=1.0, max_trials=5, per_trial=2,
+                       first_value=0.0)
+    assert not res.reached and "no more layers" in res.reason
