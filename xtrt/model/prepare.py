@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from xtrt.errors import ModelError
-from xtrt.model.load import dims_of, input_infos, output_names
+from xtrt.model.load import input_infos, output_names
 from xtrt.model.opset import TARGET_OPSET, convert_opset, model_opset
 
 __all__ = ["PreparedModel", "prepare_model", "resolve_input_shape"]
@@ -59,7 +59,7 @@ def resolve_input_shape(dims: Sequence[int | str | None], configured: Sequence[i
     if configured is None:
         if any(not isinstance(d, int) for d in dims[1:]):
             raise ModelError(f"input {name!r} has dynamic dims {list(dims)}",
-                             f"set input.shape in the config, e.g. [1, 3, 640, 640]")
+                             "set input.shape in the config, e.g. [1, 3, 640, 640]")
         batch = dims[0] if isinstance(dims[0], int) else 1
         return [batch] + [int(d) for d in dims[1:]]
     if len(configured) != len(dims):

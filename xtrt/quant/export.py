@@ -71,7 +71,7 @@ def export_qdq(model, cal, placement):
     Raises QuantizationError if a placed node has no calibrated scale for its activation input.
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     out = onnx.ModelProto()
     out.CopyFrom(model)

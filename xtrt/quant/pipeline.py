@@ -106,9 +106,10 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     from xtrt.backend import ppq as ppq_backend
     from xtrt.data.preprocess import build_preprocess
     from xtrt.data.source import BatchSource
-    from xtrt.model.load import load_model, save_model_atomic
+    from xtrt.model.load import load_model
     from xtrt.model.prepare import prepare_model
     from xtrt.quant import export as ex
+    from xtrt.quant.observe import FAST_METHODS, collect_ranges
     from xtrt.quant.placement import plan_placement
     from xtrt.quant.verify import evaluate, metric_value, prepare_eval
     from xtrt.runtime.split import SplitRunner
@@ -159,9 +160,18 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     if cfg.quantization.lsq.enabled:
         lsq = {"steps": cfg.quantization.lsq.steps, "lr": cfg.quantization.lsq.lr,
                "block_size": cfg.quantization.lsq.block_size}
+    act_ranges = None
+    engine = "ppq"
+    if cfg.calibration.method in FAST_METHODS and lsq is None:
+        # statistics on ONNX Runtime, scales by PPQ's rule (xtrt.quant.observe)
+        act_ranges = collect_ranges(prepared.body, _placed_activations(prepared.model, placement),
+                                    (b.feeds for b in cal_batches), method=cfg.calibration.method,
+                                    device=cfg.device,
+                                    progress="calibration statistics" if progress else None)
+        engine = "onnxruntime statistics + PPQ scale rule"
     cal = ppq_backend.calibrate(prepared.model, [b.feeds for b in cal_batches], device=cfg.device,
                                 method=cfg.calibration.method, fp32_ops=list(placement.keep_float),
-                                lsq=lsq)
+                                lsq=lsq, act_ranges=act_ranges)
     lap("calibrate", t0)
     placement.quantize = [n for n in placement.quantize if n in set(cal.quantized_ops)]
 
@@ -257,13 +267,21 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     try:
         files = _write_outputs(stage, out_dir, cfg, prepared, cal, placement, qmodel, chosen_eval,
                                ev_sim, ev_int8, layers, fallback, timings, t_start, ed,
-                               qmodel_all_int8)
+                               qmodel_all_int8, engine)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     res = files
     res.seconds = time.perf_counter() - t_start
     return res
+
+
+def _placed_activations(model, placement) -> list[str]:
+    """The activation tensors feeding the placed nodes (what calibration must measure)."""
+    inits = {i.name for i in model.graph.initializer}
+    placed = set(placement.quantize)
+    return list(dict.fromkeys(t for n in model.graph.node if n.name in placed
+                              for t in n.input if t and t not in inits))
 
 
 def _sim_with_tail(cal, feeds, prepared, cfg):
@@ -274,7 +292,7 @@ def _sim_with_tail(cal, feeds, prepared, cfg):
 
 
 def _write_outputs(stage: Path, out_dir: Path, cfg, prepared, cal, placement, qmodel, ev_int8, ev_sim,
-                   ev_first, layers, fallback, timings, t_start, ed, qmodel_all_int8) -> QuantResult:
+                   ev_first, layers, fallback, timings, t_start, ed, qmodel_all_int8, cal_engine) -> QuantResult:
     import yaml
 
     from xtrt.model.load import save_model_atomic
@@ -309,7 +327,8 @@ def _write_outputs(stage: Path, out_dir: Path, cfg, prepared, cal, placement, qm
                         "max_abs_diff_vs_source": prepared.max_abs_diff,
                         "dynamic_batch": prepared.dynamic_batch,
                         "calibration_shape": prepared.input_shape},
-        "calibration": {"method": cfg.calibration.method, "seconds": round(cal.seconds, 3),
+        "calibration": {"method": cfg.calibration.method, "seconds": timings.get("calibrate"),
+                        "engine": cal_engine,
                         "lsq": cfg.quantization.lsq.enabled},
         "outputs": ev_int8.outputs,
         "task": _task_rows(ev_int8, ev_sim),

@@ -111,7 +111,6 @@ def find_decode_tail(model) -> list[str]:
         h, w = src[-2], src[-1]
         if h and w and h * w > 1 and len(dst) < len(src) and not reaches_heavy[n.name]:
             starts.append(n)
-    tail: list[str] = []
     seen = set()
     stack = list(starts)
     while stack:
