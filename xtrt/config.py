@@ -49,6 +49,9 @@ class CalibrationConfig:
     steps: int = 8                      # batches
     batch_size: int = 4
     method: Literal["percentile", "kl", "mse", "minmax"] = "percentile"
+    # ort: statistics on ONNX Runtime (FP32 activations, fast), scales by PPQ's rules;
+    # ppq: PPQ's own runtime calibration (its torch executor, activations seen with INT8 weights)
+    engine: Literal["ort", "ppq"] = "ort"
     seed: int = 0
     shuffle: bool = False
 

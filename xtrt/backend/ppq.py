@@ -179,7 +179,8 @@ def _collate(device: str) -> Callable:
 def calibrate(model, batches: Sequence[dict[str, np.ndarray]], *, device: str = "cpu",
               method: str = "percentile", fp32_ops: Sequence[str] = (),
               lsq: dict | None = None, progress: bool = True,
-              act_ranges: dict[str, tuple[float, float]] | None = None) -> CalibrationResult:
+              act_ranges: dict[str, tuple[float, float]] | None = None,
+              act_hists: dict[str, tuple[np.ndarray, float]] | None = None) -> CalibrationResult:
     """Calibrate ``model`` (a prepared onnx.ModelProto) with PPQ's TensorRT input-only quantizer.
 
     Args:
@@ -191,15 +192,18 @@ def calibrate(model, batches: Sequence[dict[str, np.ndarray]], *, device: str = 
             Runtime); PPQ's runtime calibration pass is then skipped and each activation scale is
             set with PPQ's own ``minmax_to_scale_offset``.  Ignored with LSQ (which needs PPQ's
             calibrated executor state end to end).
+        act_hists: tensor -> (histogram of |x|, bin width), for kl / mse: scales then come from
+            PPQ's own ``hist_to_scale_offset`` of that method's observer.
     """
     _ppq()
     _install_handlers()
     with _torch_threads(device):
         return _calibrate(model, batches, device=device, method=method, fp32_ops=fp32_ops,
-                          lsq=lsq, act_ranges=act_ranges)
+                          lsq=lsq, act_ranges=act_ranges, act_hists=act_hists)
 
 
-def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges) -> CalibrationResult:
+def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges,
+               act_hists) -> CalibrationResult:
     import time
 
     import torch
@@ -215,7 +219,7 @@ def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges) -> 
         raise QuantizationError("no calibration batches", "give calibration images")
     setting = QuantizationSettingFactory.trt_setting()
     setting.quantize_activation_setting.calib_algorithm = method
-    fast = act_ranges is not None and not lsq
+    fast = (act_ranges is not None or act_hists is not None) and not lsq
     if fast:
         setting.quantize_activation = False
     for name in fp32_ops:
@@ -247,7 +251,7 @@ def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges) -> 
                                  "register a handler with --plugin my_ops.py") from exc
     graph = quantizer._graph
     if fast:
-        _apply_ranges(graph, act_ranges)
+        _apply_stats(graph, method, act_ranges or {}, act_hists or {})
     res = CalibrationResult(graph=graph)
     for op in graph.operations.values():
         cfg = getattr(op, "config", None)
@@ -272,12 +276,16 @@ def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges) -> 
     return res
 
 
-def _apply_ranges(graph, ranges: dict[str, tuple[float, float]]) -> None:
-    """Activate every activation quant config from externally collected ranges."""
+def _apply_stats(graph, method: str, ranges: dict, hists: dict) -> None:
+    """Activate every activation quant config from statistics collected on ONNX Runtime, with
+    PPQ's own rules: ``minmax_to_scale_offset`` for ranges, the kl / mse observer's
+    ``hist_to_scale_offset`` for histograms."""
     import torch
     from ppq.core import QuantizationStates
-    from ppq.quantization.observer.range import minmax_to_scale_offset
+    from ppq.quantization.observer.range import (TorchHistObserver, TorchMSEObserver,
+                                                 minmax_to_scale_offset)
 
+    observer_cls = {"kl": TorchHistObserver, "mse": TorchMSEObserver}.get(method)
     missing = []
     for op in graph.operations.values():
         cfg = getattr(op, "config", None)
@@ -286,18 +294,24 @@ def _apply_ranges(graph, ranges: dict[str, tuple[float, float]]) -> None:
         for var, qc in zip(op.inputs, cfg.input_quantization_config):
             if var.is_parameter or qc.state != QuantizationStates.INITIAL:
                 continue
-            rng = ranges.get(var.name)
-            if rng is None:
+            if observer_cls is not None and var.name in hists:
+                hist, width = hists[var.name]
+                obs = observer_cls(watch_on=var, quant_cfg=qc)
+                scale, offset = obs.hist_to_scale_offset(
+                    histogram=torch.from_numpy(hist.astype(np.int64)), hist_bins=len(hist),
+                    hist_scale=float(width), config=qc)
+            elif var.name in ranges:
+                lo, hi = ranges[var.name]
+                scale, offset = minmax_to_scale_offset(float(lo), float(hi), qc)
+            else:
                 missing.append(var.name)
                 continue
-            scale, offset = minmax_to_scale_offset(float(rng[0]), float(rng[1]), qc)
             qc.scale = torch.tensor(scale, dtype=torch.float32)
             qc.offset = torch.tensor(offset, dtype=torch.float32)
             qc.state = QuantizationStates.ACTIVATED
     if missing:
         raise QuantizationError(f"no calibration statistics for {len(missing)} tensor(s), e.g. "
-                                f"{missing[0]!r}", "report the model to xtrt; meanwhile use "
-                                "calibration.method: kl or mse (PPQ's own calibration)")
+                                f"{missing[0]!r}", "report the model to xtrt")
 
 
 def _dispatch(graph, quantizer_cls, setting):

@@ -25,7 +25,7 @@ from typing import Sequence
 from xtrt.errors import ModelError, XtrtError
 
 __all__ = ["LABEL", "TrtLayer", "BuildReport", "trt_rtx_available", "build_with_trt_rtx",
-           "parse_layers"]
+           "parse_layers", "conv_int8_table"]
 
 log = logging.getLogger(__name__)
 

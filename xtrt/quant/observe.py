@@ -7,9 +7,12 @@ extra outputs, and reduces each tensor to two numbers per batch, with PPQ's exac
 
 * percentile: per batch, the k-th smallest and largest values (k from the 0.9999 quantile, as
   ``torch.kthvalue`` in PPQ's TorchPercentileObserver), averaged over batches;
-* minmax: the minimum and maximum over all batches.
+* minmax: the minimum and maximum over all batches;
+* kl / mse: a second pass builds the histogram of ``|x|`` over ``[0, max(|min|, |max|)]`` (4096 /
+  2048 bins, ``torch.histc`` semantics, as PPQ's TorchHistObserver / TorchMSEObserver), from which
+  PPQ's own ``hist_to_scale_offset`` picks the clip.
 
-Only those two numbers per tensor and batch are kept: memory does not grow with the data.
+Only a few numbers (or one histogram) per tensor are kept: memory does not grow with the data.
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ __all__ = ["FAST_METHODS", "PERCENTILE", "collect_ranges", "batch_range"]
 
 log = logging.getLogger(__name__)
 
-FAST_METHODS = ("percentile", "minmax")
+FAST_METHODS = ("percentile", "minmax", "kl", "mse")
+HIST_BINS = {"kl": 4096, "mse": 2048}  # PPQ's OBSERVER_KL_HIST_BINS / OBSERVER_MSE_HIST_BINS
 PERCENTILE = 0.9999  # PPQ's OBSERVER_PERCENTILE
 
 
@@ -42,29 +46,9 @@ def collect_ranges(model, tensors: Sequence[str], batches: Iterable[dict[str, np
                    method: str = "percentile", device: str = "cpu",
                    progress: str | None = None) -> dict[str, tuple[float, float]]:
     """(low, high) per tensor of ``model`` over ``batches`` (see the module docstring)."""
-    import onnx
-    from onnx import helper
-
-    from xtrt.runtime.session import make_session
-
-    if method not in FAST_METHODS:
-        raise ValueError(f"collect_ranges supports {FAST_METHODS}, not {method!r}")
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    names = list(dict.fromkeys(tensors))
-    existing = {o.name for o in work.graph.output}
-    inputs = {i.name for i in work.graph.input}
-    del work.graph.output[:]
-    for t in names:
-        work.graph.output.append(helper.make_empty_tensor_value_info(t))
-    del work.graph.value_info[:]
-    # every requested tensor must be produced by the (body) graph or be a graph input
-    produced = {o for n in work.graph.node for o in n.output} | inputs
-    missing = [t for t in names if t not in produced]
-    if missing:
-        raise ValueError(f"tensors not in the graph: {missing[:3]}")
-    del existing
-    sess = make_session(work, device)
+    sess, names = _stats_session(model, tensors, device)
+    if method not in ("percentile", "minmax"):
+        raise ValueError(f"collect_ranges supports percentile and minmax, not {method!r}")
     lows: dict[str, list[float]] = {t: [] for t in names}
     highs: dict[str, list[float]] = {t: [] for t in names}
     it = batches
@@ -86,3 +70,49 @@ def collect_ranges(model, tensors: Sequence[str], batches: Iterable[dict[str, np
         else:
             out[t] = (float(np.mean(lows[t])), float(np.mean(highs[t])))
     return out
+
+
+def _stats_session(model, tensors: Sequence[str], device: str):
+    """An ORT session of ``model`` whose outputs are exactly ``tensors``."""
+    import onnx
+    from onnx import helper
+
+    from xtrt.runtime.session import make_session
+
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    names = list(dict.fromkeys(tensors))
+    produced = {o for n in work.graph.node for o in n.output} | {i.name for i in work.graph.input}
+    missing = [t for t in names if t not in produced]
+    if missing:
+        raise ValueError(f"tensors not in the graph: {missing[:3]}")
+    del work.graph.output[:]
+    for t in names:
+        work.graph.output.append(helper.make_empty_tensor_value_info(t))
+    del work.graph.value_info[:]
+    return make_session(work, device), names
+
+
+def collect_histograms(model, tensors: Sequence[str], batches: Sequence[dict[str, np.ndarray]], *,
+                       method: str = "mse", device: str = "cpu", progress: str | None = None
+                       ) -> dict[str, tuple[np.ndarray, float]]:
+    """Per tensor: (histogram of |x| as int64 [bins], bin width), over two passes of ``batches``."""
+    bins = HIST_BINS[method]
+    sess, names = _stats_session(model, tensors, device)
+    batches = list(batches)
+    amax = {t: 0.0 for t in names}
+    steps = batches + batches
+    it = iter(steps)
+    if progress:
+        from tqdm import tqdm
+        it = iter(tqdm(steps, desc=progress, unit="batch", leave=False))
+    for _ in batches:                                    # pass 1: the range
+        for t, v in zip(names, sess.run(names, next(it))):
+            amax[t] = max(amax[t], float(np.abs(v).max()) if v.size else 0.0)
+    hists = {t: np.zeros(bins, np.int64) for t in names}
+    for _ in batches:                                    # pass 2: the histogram
+        for t, v in zip(names, sess.run(names, next(it))):
+            top = amax[t] if amax[t] > 0 else 1.0
+            h, _ = np.histogram(np.abs(v).reshape(-1), bins=bins, range=(0.0, top))
+            hists[t] += h
+    return {t: (hists[t], (amax[t] if amax[t] > 0 else 1.0) / bins) for t in names}

@@ -109,7 +109,7 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     from xtrt.model.load import load_model
     from xtrt.model.prepare import prepare_model
     from xtrt.quant import export as ex
-    from xtrt.quant.observe import FAST_METHODS, collect_ranges
+    from xtrt.quant.observe import FAST_METHODS, collect_histograms, collect_ranges
     from xtrt.quant.placement import plan_placement
     from xtrt.quant.verify import evaluate, metric_value, prepare_eval
     from xtrt.runtime.split import SplitRunner
@@ -160,18 +160,24 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     if cfg.quantization.lsq.enabled:
         lsq = {"steps": cfg.quantization.lsq.steps, "lr": cfg.quantization.lsq.lr,
                "block_size": cfg.quantization.lsq.block_size}
-    act_ranges = None
+    act_ranges = act_hists = None
     engine = "ppq"
-    if cfg.calibration.method in FAST_METHODS and lsq is None:
-        # statistics on ONNX Runtime, scales by PPQ's rule (xtrt.quant.observe)
-        act_ranges = collect_ranges(prepared.body, _placed_activations(prepared.model, placement),
-                                    (b.feeds for b in cal_batches), method=cfg.calibration.method,
-                                    device=cfg.device,
-                                    progress="calibration statistics" if progress else None)
+    method = cfg.calibration.method
+    if method in FAST_METHODS and lsq is None and cfg.calibration.engine == "ort":
+        # statistics on ONNX Runtime, scales by PPQ's own rules (xtrt.quant.observe)
+        tensors = _placed_activations(prepared.model, placement)
+        feeds = [b.feeds for b in cal_batches]
+        bar = "calibration statistics" if progress else None
+        if method in ("percentile", "minmax"):
+            act_ranges = collect_ranges(prepared.body, tensors, feeds, method=method,
+                                        device=cfg.device, progress=bar)
+        else:
+            act_hists = collect_histograms(prepared.body, tensors, feeds, method=method,
+                                           device=cfg.device, progress=bar)
         engine = "onnxruntime statistics + PPQ scale rule"
     cal = ppq_backend.calibrate(prepared.model, [b.feeds for b in cal_batches], device=cfg.device,
                                 method=cfg.calibration.method, fp32_ops=list(placement.keep_float),
-                                lsq=lsq, act_ranges=act_ranges)
+                                lsq=lsq, act_ranges=act_ranges, act_hists=act_hists)
     lap("calibrate", t0)
     placement.quantize = [n for n in placement.quantize if n in set(cal.quantized_ops)]
 
