@@ -1,0 +1,72 @@
+"""Calibration statistics on ONNX Runtime: PPQ's definitions, and the same scales PPQ computes."""
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from tests.conftest import make_classifier
+from xtrt.quant.observe import batch_range, collect_histograms, collect_ranges
+
+
+def test_percentile_range_matches_torch_kthvalue_as_ppq_uses_it():
+    x = np.random.default_rng(0).normal(size=(3, 5, 7, 11)).astype(np.float32)
+    n = x.size
+    t = torch.from_numpy(x).flatten()
+    lo_k = max(0, int(n * (1 - 0.9999))) + 1
+    hi_k = min(int(n * 0.9999), n - 1) + 1
+    want = (torch.kthvalue(t, lo_k)[0].item(), torch.kthvalue(t, hi_k)[0].item())
+    assert batch_range(x, "percentile") == pytest.approx(want)
+    assert batch_range(x, "minmax") == (float(x.min()), float(x.max()))
+
+
+def _batches(n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"input": rng.random((2, 3, 32, 32), dtype=np.float32)} for _ in range(n)]
+
+
+def test_ranges_over_batches(tmp_path):
+    model = onnx.load(make_classifier(tmp_path / "m.onnx"))
+    batches = _batches()
+    r = collect_ranges(model, ["input", "r1"], batches, method="minmax")
+    xs = np.concatenate([b["input"] for b in batches])
+    assert r["input"] == pytest.approx((xs.min(), xs.max()))
+    p = collect_ranges(model, ["input"], batches, method="percentile")
+    want = np.mean([batch_range(b["input"], "percentile") for b in batches], axis=0)
+    assert p["input"] == pytest.approx(tuple(want))
+
+
+def test_histograms_cover_abs_values(tmp_path):
+    model = onnx.load(make_classifier(tmp_path / "m.onnx"))
+    batches = _batches()
+    h = collect_histograms(model, ["c1"], batches, method="mse")
+    hist, width = h["c1"]
+    assert hist.shape == (2048,) and hist.sum() == 3 * 2 * 8 * 32 * 32
+    assert hist[-1] >= 1  # the largest |x| lands in the last bin
+
+
+def test_first_layer_scale_matches_ppqs_own_calibration(tmp_path):
+    """On the graph input PPQ and ORT see the same numbers, so the scales must agree."""
+    import xtrt.backend.ppq as ppq_backend
+    from xtrt.model.load import load_model
+    from xtrt.model.prepare import prepare_model
+
+    pm = prepare_model(load_model(make_classifier(tmp_path / "m.onnx")), [2, 3, 32, 32])
+    batches = _batches(8)
+    for method in ("percentile", "minmax"):
+        ref = ppq_backend.calibrate(pm.model, batches, method=method)
+        ranges = collect_ranges(pm.body, ["input"], batches, method=method)
+        ours = ppq_backend.calibrate(pm.model, batches, method=method,
+                                     act_ranges={**{t: (0.0, 1.0) for t in ("r1", "flat", "r2")},
+                                                 **ranges})
+        assert ours.act_scales[("conv1", 0)] == pytest.approx(ref.act_scales[("conv1", 0)], rel=1e-5)
+    for method in ("mse", "kl"):
+        ref = ppq_backend.calibrate(pm.model, batches, method=method)
+        hists = collect_histograms(pm.body, ["input", "r1", "r2", "flat"], batches, method=method)
+        ours = ppq_backend.calibrate(pm.model, batches, method=method, act_hists=hists)
+        assert ours.act_scales[("conv1", 0)] == pytest.approx(ref.act_scales[("conv1", 0)], rel=1e-3)
+
+
+def test_unknown_tensor_is_an_error(tmp_path):
+    model = onnx.load(make_classifier(tmp_path / "m.onnx"))
+    with pytest.raises(ValueError, match="tensors not in the graph"):
+        collect_ranges(model, ["nope"], _batches(1))
