@@ -289,3 +289,39 @@ def test_verbose_keeps_the_traceback(tiny_config, tmp_path):
     edit(tiny_config, model=str(tmp_path / "nope.onnx"))
     with pytest.raises(ModelError):
         run(["--config", str(tiny_config), "-v"])
+
+
+def test_user_plugin_handler_makes_a_plugin_model_quantize(tmp_path, image_dir, capsys):
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["input", "w"], ["x"], name="c", pads=[1, 1, 1, 1]),
+             helper.make_node("Scale_TRT", ["x"], ["y"], name="scale_0", factor=2.0)]
+    g = helper.make_graph(nodes, "g",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 16, 16])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "p.onnx")
+    (tmp_path / "my_ops.py").write_text(
+        "from xtrt.ops import REGISTRY, OpHandler\n\n"
+        "@REGISTRY.register('Scale_TRT')\n"
+        "class Scale(OpHandler):\n"
+        "    def forward(self, inputs, attrs):\n"
+        "        return (inputs[0] * float(attrs.get('factor', 1.0)),)\n"
+        "    def infer(self, input_shapes, input_dtypes, attrs):\n"
+        "        return [(input_shapes[0], input_dtypes[0])]\n")
+    cfg = write_config(tmp_path / "c.yaml", model="p.onnx", output_dir="out",
+                       input={"shape": [2, 3, 16, 16]},
+                       preprocess={"preset": "letterbox", "size": [16, 16]},
+                       calibration={"data": str(image_dir), "steps": 4, "batch_size": 2},
+                       evaluation={"count": 4, "batch_size": 2})
+    assert run(["--config", str(cfg), "-q", "--plugin", str(tmp_path / "my_ops.py")]) == 0
+    q = onnx.load(tmp_path / "out" / "quantized.onnx")
+    plugin = [n for n in q.graph.node if n.op_type == "Scale_TRT"]
+    assert len(plugin) == 1 and plugin[0].attribute[0].f == 2.0
+    assert [o.name for o in q.graph.output] == ["y"]
+    from xtrt.runtime.split import SplitRunner
+    x = np.random.default_rng(1).random((3, 3, 16, 16), dtype=np.float32)
+    ref = SplitRunner(tmp_path / "p.onnx").run({"input": x})[0]
+    got = SplitRunner(tmp_path / "out" / "quantized.onnx").run({"input": x})[0]
+    assert got.shape == (3, 4, 16, 16)
+    assert 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum()) > 25
