@@ -338,9 +338,11 @@ def _dispatch(graph, quantizer_cls, setting):
     return graph
 
 
-def _analysis_data(batches, result: CalibrationResult, device: str):
-    graph = result.graph
-    return _to_torch(batches, list(graph.inputs.keys()), device)
+def _analyse(fn, result: CalibrationResult, batches, device: str, steps: int) -> dict:
+    data = _to_torch(batches, list(result.graph.inputs.keys()), device)
+    with _quiet(), _torch_threads(device):
+        return fn(graph=result.graph, running_device=device, dataloader=data,
+                  collate_fn=_collate(device), steps=min(steps, len(data)), verbose=False)
 
 
 def graphwise_error(result: CalibrationResult, batches, *, device: str = "cpu",
@@ -350,11 +352,7 @@ def graphwise_error(result: CalibrationResult, batches, *, device: str = "cpu",
     _ppq()
     from ppq.quantization.analyse.graphwise import graphwise_error_analyse
 
-    data = _analysis_data(batches, result, device)
-    with _quiet(), _torch_threads(device):
-        out = graphwise_error_analyse(graph=result.graph, running_device=device, dataloader=data,
-                                      collate_fn=_collate(device), steps=min(steps, len(data)),
-                                      verbose=False)
+    out = _analyse(graphwise_error_analyse, result, batches, device, steps)
     return {k: float(v) for k, v in out.items()}
 
 
@@ -365,11 +363,7 @@ def layerwise_error(result: CalibrationResult, batches, *, device: str = "cpu",
     _ppq()
     from ppq.quantization.analyse.layerwise import layerwise_error_analyse
 
-    data = _analysis_data(batches, result, device)
-    with _quiet(), _torch_threads(device):
-        out = layerwise_error_analyse(graph=result.graph, running_device=device, dataloader=data,
-                                      collate_fn=_collate(device), steps=min(steps, len(data)),
-                                      verbose=False)
+    out = _analyse(layerwise_error_analyse, result, batches, device, steps)
     return {k: float(v[0] if isinstance(v, (tuple, list)) else v) for k, v in out.items()}
 
 
