@@ -61,9 +61,14 @@ def _torch_threads(device: str):
 
 
 @contextlib.contextmanager
-def _quiet():
+def _quiet(progress: bool = True):
+    """PPQ prints to stdout (library code must not); its tqdm bars go to stderr and are kept only
+    when ``progress`` is on."""
     buf = _LogWriter()
-    with contextlib.redirect_stdout(buf):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.redirect_stdout(buf))
+        if not progress:
+            stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
         yield buf
     for line in buf.getvalue_lines()[-200:]:
         log.debug("ppq: %s", line)
@@ -199,11 +204,11 @@ def calibrate(model, batches: Sequence[dict[str, np.ndarray]], *, device: str = 
     _install_handlers()
     with _torch_threads(device):
         return _calibrate(model, batches, device=device, method=method, fp32_ops=fp32_ops,
-                          lsq=lsq, act_ranges=act_ranges, act_hists=act_hists)
+                          lsq=lsq, act_ranges=act_ranges, act_hists=act_hists, progress=progress)
 
 
 def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges,
-               act_hists) -> CalibrationResult:
+               act_hists, progress) -> CalibrationResult:
     import time
 
     import torch
@@ -238,7 +243,7 @@ def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges,
     quantizer = quantizer_cls(graph=graph)
     executor = TorchExecutor(graph=quantizer._graph, device=device)
     try:
-        with _quiet():
+        with _quiet(progress):
             # one sample is enough for PPQ's shape tracing and dummy forward (each a full torch
             # forward pass, slow on CPU): not a whole calibration batch
             first = data[0]
@@ -338,32 +343,33 @@ def _dispatch(graph, quantizer_cls, setting):
     return graph
 
 
-def _analyse(fn, result: CalibrationResult, batches, device: str, steps: int) -> dict:
+def _analyse(fn, result: CalibrationResult, batches, device: str, steps: int,
+             progress: bool = True) -> dict:
     data = _to_torch(batches, list(result.graph.inputs.keys()), device)
-    with _quiet(), _torch_threads(device):
+    with _quiet(progress), _torch_threads(device):
         return fn(graph=result.graph, running_device=device, dataloader=data,
                   collate_fn=_collate(device), steps=min(steps, len(data)), verbose=False)
 
 
 def graphwise_error(result: CalibrationResult, batches, *, device: str = "cpu",
-                    steps: int = 4) -> dict[str, float]:
+                    steps: int = 4, progress: bool = True) -> dict[str, float]:
     """PPQ's graph-wise analysis: per quantized op, the noise-to-signal ratio of its output with
     every quantizer in the graph active (error accumulated through the graph)."""
     _ppq()
     from ppq.quantization.analyse.graphwise import graphwise_error_analyse
 
-    out = _analyse(graphwise_error_analyse, result, batches, device, steps)
+    out = _analyse(graphwise_error_analyse, result, batches, device, steps, progress)
     return {k: float(v) for k, v in out.items()}
 
 
 def layerwise_error(result: CalibrationResult, batches, *, device: str = "cpu",
-                    steps: int = 4) -> dict[str, float]:
+                    steps: int = 4, progress: bool = True) -> dict[str, float]:
     """PPQ's layer-wise analysis: per quantized op, the noise-to-signal ratio at the graph outputs
     when only that op is quantized."""
     _ppq()
     from ppq.quantization.analyse.layerwise import layerwise_error_analyse
 
-    out = _analyse(layerwise_error_analyse, result, batches, device, steps)
+    out = _analyse(layerwise_error_analyse, result, batches, device, steps, progress)
     return {k: float(v[0] if isinstance(v, (tuple, list)) else v) for k, v in out.items()}
 
 

@@ -177,7 +177,8 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
         engine = "onnxruntime statistics + PPQ scale rule"
     cal = ppq_backend.calibrate(prepared.model, [b.feeds for b in cal_batches], device=cfg.device,
                                 method=cfg.calibration.method, fp32_ops=list(placement.keep_float),
-                                lsq=lsq, act_ranges=act_ranges, act_hists=act_hists)
+                                lsq=lsq, act_ranges=act_ranges, act_hists=act_hists,
+                                progress=progress)
     lap("calibrate", t0)
     placement.quantize = [n for n in placement.quantize if n in set(cal.quantized_ops)]
 
@@ -225,11 +226,13 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     t0 = time.perf_counter()
     ana_batches = [b.feeds for b in cal_batches[:cfg.analysis.analysis_steps]]
     graphwise = ppq_backend.graphwise_error(cal, ana_batches, device=cfg.device,
-                                            steps=cfg.analysis.analysis_steps) \
+                                            steps=cfg.analysis.analysis_steps,
+                                            progress=progress) \
         if cfg.analysis.graphwise else {}
     target = cfg.analysis.target
     layerwise = ppq_backend.layerwise_error(cal, ana_batches, device=cfg.device,
-                                            steps=cfg.analysis.analysis_steps) \
+                                            steps=cfg.analysis.analysis_steps,
+                                            progress=progress) \
         if (cfg.analysis.layerwise or target is not None) else {}
     lap("analysis", t0)
     op_types = {n.name: n.op_type for n in prepared.model.graph.node}
