@@ -70,3 +70,20 @@ def test_unknown_tensor_is_an_error(tmp_path):
     model = onnx.load(make_classifier(tmp_path / "m.onnx"))
     with pytest.raises(ValueError, match="tensors not in the graph"):
         collect_ranges(model, ["nope"], _batches(1))
+
+
+def test_weight_scales_are_max_over_127_per_output_channel(tmp_path):
+    """TensorRT's rule: the largest weight of each channel maps to 127 exactly (PPQ's own rule,
+    max/127.5, clips it to 127 and loses half a step on it)."""
+    import xtrt.backend.ppq as ppq_backend
+    from onnx import numpy_helper
+    from xtrt.model.load import load_model
+    from xtrt.model.prepare import prepare_model
+
+    pm = prepare_model(load_model(make_classifier(tmp_path / "m.onnx")), [2, 3, 32, 32])
+    cal = ppq_backend.calibrate(pm.model, _batches(8), method="minmax")
+    w = {i.name: numpy_helper.to_array(i) for i in pm.model.graph.initializer}["w1"]
+    scale, axis = cal.weight_scales[("conv1", 1)]
+    assert axis == 0
+    np.testing.assert_allclose(scale, np.abs(w).max(axis=(1, 2, 3)) / 127, rtol=1e-6)
+    np.testing.assert_allclose(cal.weights["w1"], w)  # float weights kept, not baked

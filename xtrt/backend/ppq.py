@@ -227,6 +227,9 @@ def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges,
     fast = (act_ranges is not None or act_hists is not None) and not lsq
     if fast:
         setting.quantize_activation = False
+    if not lsq:
+        # keep float weights in the graph: xtrt sets the weight scales itself (see _weight_scales)
+        setting.quantize_parameter_setting.baking_parameter = False
     for name in fp32_ops:
         setting.dispatching_table.append(operation=name, platform=TargetPlatform.FP32)
     if lsq:
@@ -257,6 +260,8 @@ def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges,
     graph = quantizer._graph
     if fast:
         _apply_stats(graph, method, act_ranges or {}, act_hists or {})
+    if not lsq:
+        _weight_scales(graph)
     res = CalibrationResult(graph=graph)
     for op in graph.operations.values():
         cfg = getattr(op, "config", None)
@@ -279,6 +284,33 @@ def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges,
                 res.act_scales[(op.name, i)] = float(scale.reshape(-1)[0])
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _weight_scales(graph) -> None:
+    """Per-output-channel weight scale = max|w| / 127, as TensorRT computes it.
+
+    PPQ divides the range by 127.5 (``(quant_max - quant_min) / 2``), so each channel's largest
+    weight rounds to 128 and is clipped to 127: with 9 weights per depthwise channel that clipped
+    maximum dominates the error (EfficientNet-Lite0: 15.3 -> 19.3 dB weight-only SQNR)."""
+    import torch
+    from ppq.core import QuantizationStates
+
+    for op in graph.operations.values():
+        cfg = getattr(op, "config", None)
+        if cfg is None:
+            continue
+        for var, qc in zip(op.inputs, cfg.input_quantization_config):
+            if not var.is_parameter or qc.state == QuantizationStates.FP32 or qc.scale is None:
+                continue
+            w = var.value
+            if not isinstance(w, torch.Tensor) or w.ndim < 1 or qc.scale.numel() <= 1 and w.ndim > 1:
+                continue
+            axis = qc.channel_axis if qc.channel_axis is not None else 0
+            dims = [d for d in range(w.ndim) if d != axis]
+            amax = w.detach().abs().amax(dim=dims) if dims else w.detach().abs()
+            scale = torch.clamp(amax.float() / 127.0, min=1e-8)
+            if scale.numel() == qc.scale.numel():
+                qc.scale = scale.to(qc.scale.device).reshape(qc.scale.shape)
 
 
 def _apply_stats(graph, method: str, ranges: dict, hists: dict) -> None:
