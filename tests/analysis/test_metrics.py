@@ -92,7 +92,11 @@ def test_comparer_streaming_equals_whole():
     for res in (stream, batched):
         for key in ("sqnr_db", "cosine", "isclose", "max_abs", "mean_abs"):
             assert res[key] == pytest.approx(whole[key], rel=1e-9)
-        assert res["rank"] == pytest.approx(whole["rank"])
+        assert len(res["rank"]) == len(whole["rank"])
+        for got, want in zip(res["rank"], whole["rank"]):
+            assert got["rank"] == want["rank"]
+            assert got["mae"] == pytest.approx(want["mae"])
+            assert got["disagree_pct"] == pytest.approx(want["disagree_pct"])
     assert whole["sqnr_db"] == pytest.approx(sqnr_db(ref, test))
     assert whole["cosine"] == pytest.approx(cosine(ref, test))
     assert whole["max_abs"] == pytest.approx(float(np.max(np.abs(ref - test))))

@@ -46,7 +46,7 @@ def render_terminal(res) -> str:
     if task.get("kind") == "classification":
         sim = task.get("ppq_simulation", {})
         parts.append(f"top-1 agreement with FP32: {task['agree']}/{task['total']} "
-                     f"({task['top1_agreement']:.1%}); PPQ simulation: "
+                     f"({task['top1_agreement']:.1%}); PPQ simulation (all layers INT8): "
                      f"{sim.get('top1_agreement', float('nan')):.1%}")
     elif task.get("kind") == "detection":
         name = "COCO mAP" if task.get("kind_map") == "coco" else "mAP vs FP32 detections"
@@ -55,7 +55,7 @@ def render_terminal(res) -> str:
         sim = task.get("ppq_simulation", {}).get("map50_95")
         parts.append(f"{name}: mAP50-95 {f3(task.get('map50_95'))}, mAP50 {f3(task.get('map50'))} "
                      f"({task.get('reference_boxes')} reference boxes, {task.get('detections')} "
-                     f"INT8 detections); PPQ simulation mAP50-95 {f3(sim)}")
+                     f"INT8 detections); PPQ simulation (all layers INT8) mAP50-95 {f3(sim)}")
     layers = r.get("worst_layers") or []
     if layers:
         parts.append(render_table(layers, [("name", "layer", None), ("op_type", "op", None),
