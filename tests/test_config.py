@@ -29,7 +29,7 @@ def test_bad_choice_lists_allowed_values():
     with pytest.raises(ConfigError) as e:
         config_from_dict({"model": "m.onnx", "calibration": {"method": "entropy"}})
     assert str(e.value) == ("calibration.method: 'entropy' is not allowed "
-                            "(fix: use one of: percentile, kl, mse, minmax)")
+                            "(fix: use one of: auto, percentile, kl, mse, minmax)")
 
 
 @pytest.mark.parametrize("section,key,value,text", [

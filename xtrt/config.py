@@ -48,7 +48,9 @@ class CalibrationConfig:
     data: Optional[str] = None          # folder, glob or .npy/.npz
     steps: int = 8                      # batches
     batch_size: int = 4
-    method: Literal["percentile", "kl", "mse", "minmax"] = "percentile"
+    # auto: compute all four from the same ONNX Runtime statistics, export each, keep the one whose
+    # exported model scores best on the held-out images (task metric, then SQNR)
+    method: Literal["auto", "percentile", "kl", "mse", "minmax"] = "auto"
     # ort: statistics on ONNX Runtime (FP32 activations, fast), scales by PPQ's rules;
     # ppq: PPQ's own runtime calibration (its torch executor, activations seen with INT8 weights)
     engine: Literal["ort", "ppq"] = "ort"

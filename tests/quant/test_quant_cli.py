@@ -221,7 +221,7 @@ def test_unknown_config_key_and_bad_value(tiny_config, capsys):
     assert _err(capsys) == ("error: unknown config key 'calibration.methd' "
                             "(fix: did you mean 'calibration.method'?)")
     assert run(["--config", str(tiny_config), "--set", "calibration.method=entropy"]) == 1
-    assert "use one of: percentile, kl, mse, minmax" in _err(capsys)
+    assert "use one of: auto, percentile, kl, mse, minmax" in _err(capsys)
 
 
 def test_unknown_exclusion_suggests_a_node(tiny_config, capsys):
@@ -325,3 +325,13 @@ def test_user_plugin_handler_makes_a_plugin_model_quantize(tmp_path, image_dir, 
     got = SplitRunner(tmp_path / "out" / "quantized.onnx").run({"input": x})[0]
     assert got.shape == (3, 4, 16, 16)
     assert 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum()) > 25
+
+
+def test_auto_method_reports_every_candidate_and_keeps_the_best(tiny_run):
+    _, _, out = tiny_run
+    rep = json.loads((out / "report.json").read_text())
+    search = rep["calibration"]["method_search"]
+    assert [c["method"] for c in search["candidates"]] == ["percentile", "minmax", "kl", "mse"]
+    best = max(search["candidates"], key=lambda c: (c["task_metric"], c["sqnr_db"]))
+    assert search["chosen"] == best["method"] == rep["calibration"]["method"]
+    assert rep["task"]["top1_agreement"] == pytest.approx(best["task_metric"])

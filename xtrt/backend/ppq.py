@@ -25,7 +25,8 @@ import numpy as np
 
 from xtrt.errors import QuantizationError, UnsupportedOpError
 
-__all__ = ["ppq_version", "CalibrationResult", "calibrate", "graphwise_error", "layerwise_error",
+__all__ = ["ppq_version", "CalibrationResult", "calibrate", "rescale", "graphwise_error",
+           "layerwise_error",
            "simulate", "build_executor", "QUANTIZED_OP_TYPES"]
 
 log = logging.getLogger(__name__)
@@ -211,9 +212,7 @@ def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges,
                act_hists, progress) -> CalibrationResult:
     import time
 
-    import torch
     from ppq import QuantizationSettingFactory, TargetPlatform, TorchExecutor
-    from ppq.core import QuantizationStates
     from ppq.quantization.quantizer.TensorRTQuantizer import TensorRTQuantizer_InputOnly
 
     t0 = time.perf_counter()
@@ -263,7 +262,19 @@ def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges,
     if not lsq:
         _weight_scales(graph)
     res = CalibrationResult(graph=graph)
-    for op in graph.operations.values():
+    _collect_scales(res)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _collect_scales(res: CalibrationResult) -> None:
+    """Read the scales of every quantized Conv/Gemm/MatMul/pool input out of the PPQ graph."""
+    import torch
+    from ppq.core import QuantizationStates, TargetPlatform
+
+    res.act_scales.clear(), res.weight_scales.clear(), res.weights.clear()
+    res.quantized_ops.clear(), res.fp32_ops.clear()
+    for op in res.graph.operations.values():
         cfg = getattr(op, "config", None)
         if cfg is None or op.platform == TargetPlatform.FP32 or op.type not in QUANTIZED_OP_TYPES:
             if op.type in QUANTIZED_OP_TYPES:
@@ -282,8 +293,16 @@ def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges,
                 res.weight_scales[(op.name, i)] = (scale.reshape(-1), int(axis))
             else:
                 res.act_scales[(op.name, i)] = float(scale.reshape(-1)[0])
-    res.seconds = time.perf_counter() - t0
-    return res
+
+
+def rescale(result: CalibrationResult, method: str, *,
+            ranges: dict | None = None, hists: dict | None = None) -> CalibrationResult:
+    """Re-derive every activation scale of a calibrated result from other statistics (another
+    calibration method), in place: PPQ's graph (simulation, analysis) and ``act_scales`` agree."""
+    _ppq()
+    _apply_stats(result.graph, method, ranges or {}, hists or {}, reapply=True)
+    _collect_scales(result)
+    return result
 
 
 def _weight_scales(graph) -> None:
@@ -313,7 +332,7 @@ def _weight_scales(graph) -> None:
                 qc.scale = scale.to(qc.scale.device).reshape(qc.scale.shape)
 
 
-def _apply_stats(graph, method: str, ranges: dict, hists: dict) -> None:
+def _apply_stats(graph, method: str, ranges: dict, hists: dict, reapply: bool = False) -> None:
     """Activate every activation quant config from statistics collected on ONNX Runtime, with
     PPQ's own rules: ``minmax_to_scale_offset`` for ranges, the kl / mse observer's
     ``hist_to_scale_offset`` for histograms."""
@@ -329,7 +348,10 @@ def _apply_stats(graph, method: str, ranges: dict, hists: dict) -> None:
         if cfg is None:
             continue
         for var, qc in zip(op.inputs, cfg.input_quantization_config):
-            if var.is_parameter or qc.state != QuantizationStates.INITIAL:
+            if var.is_parameter:
+                continue
+            if qc.state != QuantizationStates.INITIAL and not (
+                    reapply and qc.state == QuantizationStates.ACTIVATED):
                 continue
             if observer_cls is not None and var.name in hists:
                 hist, width = hists[var.name]

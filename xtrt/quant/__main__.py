@@ -56,6 +56,13 @@ def render_terminal(res) -> str:
         parts.append(f"{name}: mAP50-95 {f3(task.get('map50_95'))}, mAP50 {f3(task.get('map50'))} "
                      f"({task.get('reference_boxes')} reference boxes, {task.get('detections')} "
                      f"INT8 detections); PPQ simulation (all layers INT8) mAP50-95 {f3(sim)}")
+    search = (r.get("calibration") or {}).get("method_search")
+    if search:
+        parts.append(render_table(search["candidates"],
+                                  [("method", "method", None), ("task_metric", "task metric", ".4f"),
+                                   ("sqnr_db", "worst SQNR dB", ".2f")],
+                                  title=f"Calibration methods on the held-out images "
+                                        f"(chosen: {search['chosen']})"))
     layers = r.get("worst_layers") or []
     if layers:
         parts.append(render_table(layers, [("name", "layer", None), ("op_type", "op", None),

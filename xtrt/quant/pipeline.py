@@ -109,7 +109,6 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     from xtrt.model.load import load_model
     from xtrt.model.prepare import prepare_model
     from xtrt.quant import export as ex
-    from xtrt.quant.observe import FAST_METHODS, collect_histograms, collect_ranges
     from xtrt.quant.placement import plan_placement
     from xtrt.quant.verify import evaluate, metric_value, prepare_eval
     from xtrt.runtime.split import SplitRunner
@@ -160,25 +159,7 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     if cfg.quantization.lsq.enabled:
         lsq = {"steps": cfg.quantization.lsq.steps, "lr": cfg.quantization.lsq.lr,
                "block_size": cfg.quantization.lsq.block_size}
-    act_ranges = act_hists = None
-    engine = "ppq"
-    method = cfg.calibration.method
-    if method in FAST_METHODS and lsq is None and cfg.calibration.engine == "ort":
-        # statistics on ONNX Runtime, scales by PPQ's own rules (xtrt.quant.observe)
-        tensors = _placed_activations(prepared.model, placement)
-        feeds = [b.feeds for b in cal_batches]
-        bar = "calibration statistics" if progress else None
-        if method in ("percentile", "minmax"):
-            act_ranges = collect_ranges(prepared.body, tensors, feeds, method=method,
-                                        device=cfg.device, progress=bar)
-        else:
-            act_hists = collect_histograms(prepared.body, tensors, feeds, method=method,
-                                           device=cfg.device, progress=bar)
-        engine = "onnxruntime statistics + PPQ scale rule"
-    cal = ppq_backend.calibrate(prepared.model, [b.feeds for b in cal_batches], device=cfg.device,
-                                method=cfg.calibration.method, fp32_ops=list(placement.keep_float),
-                                lsq=lsq, act_ranges=act_ranges, act_hists=act_hists,
-                                progress=progress)
+    cal, engine, stats = _calibrate(cfg, prepared, placement, cal_batches, lsq, progress)
     lap("calibrate", t0)
     placement.quantize = [n for n in placement.quantize if n in set(cal.quantized_ops)]
 
@@ -215,6 +196,13 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
         runner = SplitRunner(model, device=cfg.device)
         return evaluate(runner.run, ed, rtol=cfg.evaluation.rtol, atol=cfg.evaluation.atol)
 
+    search = None
+    if stats:
+        t1 = time.perf_counter()
+        search = _method_search(cal, stats, prepared, placement, eval_model, ex)
+        lap("method_search", t1)
+        qmodel = ex.export_qdq(prepared.model, cal, placement)
+        qmodel_all_int8 = qmodel
     ev_int8 = eval_model(qmodel)
     n_out = len(prepared.output_names)
     ev_sim = evaluate(lambda feeds: ppq_backend.simulate(cal, feeds, device=cfg.device)[:n_out]
@@ -276,13 +264,72 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     try:
         files = _write_outputs(stage, out_dir, cfg, prepared, cal, placement, qmodel, chosen_eval,
                                ev_sim, ev_int8, layers, fallback, timings, t_start, ed,
-                               qmodel_all_int8, engine)
+                               qmodel_all_int8, engine, search)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     res = files
     res.seconds = time.perf_counter() - t_start
     return res
+
+
+def _calibrate(cfg, prepared, placement, cal_batches, lsq, progress):
+    """Calibrate; returns (result, engine description, statistics per method for 'auto')."""
+    from xtrt.backend import ppq as ppq_backend
+    from xtrt.quant.observe import FAST_METHODS, collect_histograms, collect_ranges
+
+    method = cfg.calibration.method
+    use_ort = cfg.calibration.engine == "ort" and lsq is None
+    if not use_ort:
+        cal = ppq_backend.calibrate(prepared.model, [b.feeds for b in cal_batches],
+                                    device=cfg.device,
+                                    method="percentile" if method == "auto" else method,
+                                    fp32_ops=list(placement.keep_float), lsq=lsq, progress=progress)
+        return cal, "ppq", {}
+    # statistics on ONNX Runtime, scales by PPQ's own rules (xtrt.quant.observe)
+    tensors = _placed_activations(prepared.model, placement)
+    feeds = [b.feeds for b in cal_batches]
+    bar = "calibration statistics" if progress else None
+    methods = FAST_METHODS if method == "auto" else (method,)
+    stats: dict[str, dict] = {}
+    for m in methods:
+        if m in ("percentile", "minmax"):
+            stats[m] = {"ranges": collect_ranges(prepared.body, tensors, feeds, method=m,
+                                                 device=cfg.device, progress=bar)}
+        else:
+            stats[m] = {"hists": collect_histograms(prepared.body, tensors, feeds, method=m,
+                                                    device=cfg.device, progress=bar)}
+    first = methods[0]
+    cal = ppq_backend.calibrate(prepared.model, feeds, device=cfg.device, method=first,
+                                fp32_ops=list(placement.keep_float), lsq=None, progress=progress,
+                                act_ranges=stats[first].get("ranges"),
+                                act_hists=stats[first].get("hists"))
+    return cal, "onnxruntime statistics + PPQ scale rule", (stats if method == "auto" else {})
+
+
+def _method_search(cal, stats, prepared, placement, eval_model, ex) -> dict:
+    """Export and evaluate every calibration method; leave ``cal`` on the best one."""
+    from xtrt.backend import ppq as ppq_backend
+    from xtrt.quant.verify import metric_value
+
+    rows = []
+    for m, st in stats.items():
+        ppq_backend.rescale(cal, m, ranges=st.get("ranges"), hists=st.get("hists"))
+        ev = eval_model(ex.export_qdq(prepared.model, cal, placement))
+        task = ev.task.get("top1_agreement", ev.task.get("map50_95"))
+        rows.append({"method": m, "task_metric": task, "sqnr_db": metric_value(ev, "sqnr")})
+        log.info("calibration method %s: task metric %s, worst output SQNR %.2f dB", m, task,
+                 rows[-1]["sqnr_db"] if rows[-1]["sqnr_db"] is not None else float("nan"))
+
+    def key(r):
+        t = r["task_metric"] if r["task_metric"] is not None else float("-inf")
+        q = r["sqnr_db"] if r["sqnr_db"] is not None else float("-inf")
+        return (t, q)
+
+    best = max(rows, key=key)["method"]
+    ppq_backend.rescale(cal, best, ranges=stats[best].get("ranges"), hists=stats[best].get("hists"))
+    return {"candidates": rows, "chosen": best,
+            "judged_on": "held-out images (task metric, then worst output SQNR)"}
 
 
 def _placed_activations(model, placement) -> list[str]:
@@ -301,7 +348,7 @@ def _sim_with_tail(cal, feeds, prepared, cfg):
 
 
 def _write_outputs(stage: Path, out_dir: Path, cfg, prepared, cal, placement, qmodel, ev_int8, ev_sim,
-                   ev_first, layers, fallback, timings, t_start, ed, qmodel_all_int8, cal_engine) -> QuantResult:
+                   ev_first, layers, fallback, timings, t_start, ed, qmodel_all_int8, cal_engine, search=None) -> QuantResult:
     import yaml
 
     from xtrt.model.load import save_model_atomic
@@ -336,7 +383,9 @@ def _write_outputs(stage: Path, out_dir: Path, cfg, prepared, cal, placement, qm
                         "max_abs_diff_vs_source": prepared.max_abs_diff,
                         "dynamic_batch": prepared.dynamic_batch,
                         "calibration_shape": prepared.input_shape},
-        "calibration": {"method": cfg.calibration.method, "seconds": timings.get("calibrate"),
+        "calibration": {"method": (search or {}).get("chosen", cfg.calibration.method),
+                        "requested": cfg.calibration.method,
+                        "method_search": search, "seconds": timings.get("calibrate"),
                         "engine": cal_engine,
                         "lsq": cfg.quantization.lsq.enabled},
         "outputs": ev_int8.outputs,
