@@ -93,7 +93,9 @@ def _run(name: str, model: Path, shape: list[int], pre: dict, cal_dir: Path, ev_
     t = r["timings_s"]
     task = r["task"]
     sqnr = [o["sqnr_db"] for o in r["outputs"].values()]
-    row = {"model": name, "method": cfg.calibration.method,
+    chosen = r["calibration"].get("method", cfg.calibration.method)
+    method = f"auto -> {chosen}" if cfg.calibration.method == "auto" else chosen
+    row = {"model": name, "method": method,
            "calib_export_s": round(t.get("calibrate", 0) + t.get("export", 0), 1),
            "total_s": round(total, 1), "held_out": r["summary"]["held_out_images"],
            "sqnr_db": round(min(sqnr), 1), "timings_s": t}
