@@ -8,9 +8,12 @@ Prints a markdown table.  Models: YOLOv8n (nudenet 320n.onnx, 320x320) and Effic
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 
 def _time(fn):
