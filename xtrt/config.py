@@ -104,6 +104,9 @@ class TargetConfig:
 class AnalysisConfig:
     graphwise: bool = True
     layerwise: bool = False
+    # ort: one ONNX Runtime session with a switch per layer, on the exported Q/DQ semantics;
+    # ppq: PPQ's layerwise_error_analyse on its torch executor (same ranking, slower on CPU)
+    layerwise_engine: Literal["ort", "ppq"] = "ort"
     target: Optional[TargetConfig] = None
     max_trials: int = 6
     layers_per_trial: int = 2

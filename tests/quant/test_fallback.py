@@ -78,3 +78,26 @@ def test_fallback_stops_when_no_layers_are_left():
     res = run_fallback(["a"], lambda layers: 0.0, target=1.0, max_trials=5, per_trial=2,
                        first_value=0.0)
     assert not res.reached and "no more layers" in res.reason
+
+
+def test_ort_layerwise_ranks_like_ppqs(tmp_path):
+    """The switchable-Q/DQ session on ONNX Runtime and PPQ's layerwise_error_analyse agree."""
+    import xtrt.backend.ppq as ppq_backend
+    from xtrt.model.load import load_model
+    from xtrt.model.prepare import prepare_model
+    from xtrt.quant.placement import plan_placement
+    from xtrt.quant.sensitivity import layerwise_sensitivity
+
+    pm = prepare_model(load_model(make_classifier(tmp_path / "m.onnx", outlier_channel=True)),
+                       [2, 3, 32, 32])
+    rng = np.random.default_rng(0)
+    batches = [{"input": rng.random((2, 3, 32, 32), dtype=np.float32)} for _ in range(8)]
+    pl = plan_placement(pm.model)
+    cal = ppq_backend.calibrate(pm.model, batches, method="minmax")
+    ours = layerwise_sensitivity(pm.model, cal, pl, batches[:2])
+    ppq = ppq_backend.layerwise_error(cal, batches[:2], steps=2, progress=False)
+    assert set(ours) == {"conv1", "conv2", "gap", "fc"}
+    assert max(ours, key=ours.get) == max(ppq, key=ppq.get) == "conv2"
+    common = set(ours) & set(ppq)       # PPQ's analysis skips the pooling layer
+    assert common == {"conv1", "conv2", "fc"}
+    assert sorted(common, key=ours.get) == sorted(common, key=ppq.get)

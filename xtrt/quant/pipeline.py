@@ -218,10 +218,17 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
                                             progress=progress) \
         if cfg.analysis.graphwise else {}
     target = cfg.analysis.target
-    layerwise = ppq_backend.layerwise_error(cal, ana_batches, device=cfg.device,
-                                            steps=cfg.analysis.analysis_steps,
-                                            progress=progress) \
-        if (cfg.analysis.layerwise or target is not None) else {}
+    layerwise = {}
+    if cfg.analysis.layerwise or target is not None:
+        if cfg.analysis.layerwise_engine == "ort":
+            from xtrt.quant.sensitivity import layerwise_sensitivity
+            layerwise = layerwise_sensitivity(prepared.model, cal, placement, ana_batches,
+                                              device=cfg.device,
+                                              progress="layer-wise analysis" if progress else None)
+        else:
+            layerwise = ppq_backend.layerwise_error(cal, ana_batches, device=cfg.device,
+                                                    steps=cfg.analysis.analysis_steps,
+                                                    progress=progress)
     lap("analysis", t0)
     op_types = {n.name: n.op_type for n in prepared.model.graph.node}
     layers = sorted(({"name": k, "op_type": op_types.get(k, "?"), "noise_ratio": v,
