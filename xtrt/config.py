@@ -110,7 +110,8 @@ class AnalysisConfig:
     target: Optional[TargetConfig] = None
     max_trials: int = 6
     layers_per_trial: int = 2
-    analysis_steps: int = 4             # batches used by graph/layer-wise analysis
+    analysis_steps: int = 4             # batches used by graph-wise analysis
+    layerwise_steps: int = 1            # batches for layer-wise (one forward per layer and batch)
 
 
 @dataclass
@@ -136,6 +137,7 @@ class Config:
 
 
 _POSITIVE = {"steps", "batch_size", "count", "max_trials", "layers_per_trial", "analysis_steps",
+             "layerwise_steps",
              "block_size"}
 
 

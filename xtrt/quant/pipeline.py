@@ -222,12 +222,13 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     if cfg.analysis.layerwise or target is not None:
         if cfg.analysis.layerwise_engine == "ort":
             from xtrt.quant.sensitivity import layerwise_sensitivity
-            layerwise = layerwise_sensitivity(prepared.model, cal, placement, ana_batches,
+            lw_batches = [b.feeds for b in cal_batches[:cfg.analysis.layerwise_steps]]
+            layerwise = layerwise_sensitivity(prepared.model, cal, placement, lw_batches,
                                               device=cfg.device,
                                               progress="layer-wise analysis" if progress else None)
         else:
             layerwise = ppq_backend.layerwise_error(cal, ana_batches, device=cfg.device,
-                                                    steps=cfg.analysis.analysis_steps,
+                                                    steps=cfg.analysis.layerwise_steps,
                                                     progress=progress)
     lap("analysis", t0)
     op_types = {n.name: n.op_type for n in prepared.model.graph.node}
