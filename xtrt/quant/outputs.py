@@ -49,7 +49,7 @@ def check_output_dir(path: Path) -> Path:
 
 
 def write_outputs(stage: Path, out_dir: Path, cfg, prepared, cal, placement, qmodel, ev_int8, ev_sim,
-                   ev_first, layers, fallback, timings, t_start, ed, qmodel_all_int8, cal_engine, search=None) -> QuantResult:
+                   layers, fallback, timings, ed, qmodel_all_int8, cal_engine, search=None) -> QuantResult:
     import yaml
 
     from xtrt.model.load import save_model_atomic

@@ -15,12 +15,9 @@ from pathlib import Path
 from xtrt.config import Config
 from xtrt.errors import DataError
 
-__all__ = ["QuantResult", "run_quant", "OUTPUT_FILES"]
+__all__ = ["QuantResult", "run_quant"]
 
 log = logging.getLogger(__name__)
-
-OUTPUT_FILES = ("quantized.onnx", "quant_cfg.json", "dynamic_range.json", "calibration.cache",
-                "report.json", "report.md", "resolved_config.yaml")
 
 
 @dataclass
@@ -31,10 +28,9 @@ class QuantResult:
     files: dict[str, Path] = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     seconds: float = 0.0
-    passed: bool = True
 
 
-def _task_and_layout(cfg: Config, runner, shapes) -> tuple[str, str | None]:
+def _task_and_layout(cfg: Config, shapes) -> tuple[str, str | None]:
     from xtrt.analysis.decode import detect_layout
 
     layout = detect_layout(shapes)
@@ -79,7 +75,7 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     from xtrt.backend import ppq as ppq_backend
     from xtrt.data.preprocess import build_preprocess
     from xtrt.data.source import BatchSource
-    from xtrt.model.load import load_model
+    from xtrt.model.load import dims_of, load_model
     from xtrt.model.prepare import prepare_model
     from xtrt.quant import export as ex
     from xtrt.quant.placement import plan_placement
@@ -143,9 +139,7 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     lap("export", t0)
     t0 = time.perf_counter()
     ref_runner = SplitRunner(source, device=cfg.device)
-    shapes = [list(o.type.tensor_type.shape.dim) for o in prepared.model.graph.output]
-    dims = [[d.dim_value if d.HasField("dim_value") else d.dim_param for d in s] for s in shapes]
-    task, layout = _task_and_layout(cfg, ref_runner, dims)
+    task, layout = _task_and_layout(cfg, [dims_of(o) for o in prepared.model.graph.output])
     ev_batches = []
     if ev_files:
         ev_src = BatchSource(ev_files, prepared.input_name, sample, pre, cfg.evaluation.batch_size,
@@ -178,8 +172,7 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
         qmodel_all_int8 = qmodel
     ev_int8 = eval_model(qmodel)
     n_out = len(prepared.output_names)
-    ev_sim = evaluate(lambda feeds: ppq_backend.simulate(cal, feeds, device=cfg.device)[:n_out]
-                      if not prepared.tail_nodes else _sim_with_tail(cal, feeds, prepared, cfg),
+    ev_sim = evaluate(lambda feeds: ppq_backend.simulate(cal, feeds, device=cfg.device)[:n_out],
                       ed, rtol=cfg.evaluation.rtol, atol=cfg.evaluation.atol)
     lap("verify", t0)
 
@@ -244,7 +237,7 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     stage = check_output_dir(out_dir)
     try:
         files = write_outputs(stage, out_dir, cfg, prepared, cal, placement, qmodel, chosen_eval,
-                               ev_sim, ev_int8, layers, fallback, timings, t_start, ed,
+                               ev_sim, layers, fallback, timings, ed,
                                qmodel_all_int8, engine, search)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -319,10 +312,3 @@ def _placed_activations(model, placement) -> list[str]:
     placed = set(placement.quantize)
     return list(dict.fromkeys(t for n in model.graph.node if n.name in placed
                               for t in n.input if t and t not in inits))
-
-
-def _sim_with_tail(cal, feeds, prepared, cfg):
-    from xtrt.backend import ppq as ppq_backend
-
-    outs = ppq_backend.simulate(cal, feeds, device=cfg.device)
-    return outs[:len(prepared.output_names)]
