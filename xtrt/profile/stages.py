@@ -205,40 +205,37 @@ def run_step(feed, backend, post: Postprocess | None, batch: int,
     rf = rf or _no_range
     pc = time.perf_counter
     t: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(name: str):
+        """The named trace range, and its time in ``t``."""
+        with rf(name):
+            t0 = pc()
+            yield
+            t[name] = pc() - t0
+
     start = pc()
     if feed.synthetic:
         x = feed.batch(batch)
     else:
-        with rf("decode"):
-            t0 = pc()
+        with stage("decode"):
             images = feed.decode(batch)
-            t["decode"] = pc() - t0
-        with rf("preprocess"):
-            t0 = pc()
+        with stage("preprocess"):
             x = feed.preprocess(images)
-            t["preprocess"] = pc() - t0
     feeds = {feed.input_name: x}
     if extra_feeds:
         feeds.update(extra_feeds)
-    with rf("h2d"):
-        t0 = pc()
+    with stage("h2d"):
         dev = backend.to_device(feeds)
         backend.sync()
-        t["h2d"] = pc() - t0
-    with rf("inference"):
-        t0 = pc()
+    with stage("inference"):
         dev_out = backend.infer(dev)
         backend.sync()
-        t["inference"] = pc() - t0
-    with rf("d2h"):
-        t0 = pc()
+    with stage("d2h"):
         outs = backend.to_host(dev_out)
-        t["d2h"] = pc() - t0
-    with rf("postprocess"):
-        t0 = pc()
+    with stage("postprocess"):
         if backend.tail is not None:
             outs = backend.tail(feeds, outs)
         elif post is not None:
             post.fn(outs)
-        t["postprocess"] = pc() - t0
     return StepTimes(t, pc() - start)
