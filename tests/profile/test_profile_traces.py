@@ -143,8 +143,8 @@ def test_cuda_trace_has_device_kernels(tiny_model, photos, tmp_path, capsys):
     from xtrt.runtime.session import cuda_ep_available
 
     backend = "ort" if cuda_ep_available() else "ppq"
-    if backend == "ppq":
-        pytest.importorskip("ppq")
+    if backend == "ppq" and not _ppq_executor_available():
+        pytest.skip("needs ppq (xtrt.backend.ppq)")
     out = tmp_path / "prof"
     stdout = _profile(capsys, tiny_model, out, "--images", photos, "--batch", "2", "--device", "cuda",
                       "--backend", backend)
@@ -172,3 +172,40 @@ def test_ppq_backend_attributes_time_to_torch_ops(tiny_model, tmp_path, capsys):
     b = json.loads((out / "profile.json").read_text())["models"][0]["batches"][0]
     names = {r["name"] for r in b["top_ops"]}
     assert any("conv" in n.lower() for n in names), names
+
+
+def _resize_model(path: Path) -> Path:
+    """Conv -> Resize (opset 17, which PPQ rejects as it comes) -> Conv -> pooled classifier."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * 0.2).astype(np.float32), "w0"),
+             numpy_helper.from_array((rng.standard_normal((4, 4, 3, 3)) * 0.2).astype(np.float32), "w1"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+             numpy_helper.from_array((rng.standard_normal((5, 4)) * 0.2).astype(np.float32), "fc")]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+             helper.make_node("Resize", ["c0", "", "scales"], ["u"], mode="nearest"),
+             helper.make_node("Conv", ["u", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c1"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "resize17",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _ppq_executor_available(), reason="xtrt.backend.ppq.build_executor missing")
+def test_ppq_backend_prepares_opset17_models(tmp_path, capsys):
+    """PPQ accepts Resize only up to opset 13: the ppq backend prepares the model as xtrt.quant does."""
+    model = _resize_model(tmp_path / "resize17.onnx")
+    out = tmp_path / "prof"
+    stdout = _profile(capsys, model, out, "--backend", "ppq", "--batch", "2")
+    b = json.loads((out / "profile.json").read_text())["models"][0]["batches"][0]
+    assert any(r["name"].startswith("Resize") for r in b["top_ops"]), stdout

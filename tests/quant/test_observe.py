@@ -87,3 +87,52 @@ def test_weight_scales_are_max_over_127_per_output_channel(tmp_path):
     assert axis == 0
     np.testing.assert_allclose(scale, np.abs(w).max(axis=(1, 2, 3)) / 127, rtol=1e-6)
     np.testing.assert_allclose(cal.weights["w1"], w)  # float weights kept, not baked
+
+
+def _torch_vs_numpy(runner_np, runner_t, batches):
+    for feeds in batches:
+        for a, b in zip(runner_np.run(feeds), runner_t.run(feeds)):
+            b_np = b.cpu().numpy()
+            np.testing.assert_array_equal(a, b_np)
+            for m in ("percentile", "minmax"):
+                assert runner_t.batch_range(b, m) == pytest.approx(runner_np.batch_range(a, m))
+            top = runner_np.abs_max(a)
+            assert runner_t.abs_max(b) == pytest.approx(top)
+            h_np = runner_np.abs_hist(a, 2048, top)
+            h_t = runner_t.abs_hist(b, 2048, top)
+            assert h_t.dtype == np.int64 and h_t.sum() == h_np.sum() == a.size
+            # bin edges may round differently for a value sitting on an edge: never more than a few
+            assert np.abs(h_t - h_np).sum() <= 4
+
+
+def test_torch_reductions_match_numpy(tmp_path):
+    """The reductions CUDA uses (torch) agree with the numpy ones, checked here on CPU tensors."""
+    from xtrt.quant.observe import _StatsRunner
+
+    model = onnx.load(make_classifier(tmp_path / "m.onnx"))
+    tensors = ["input", "c1", "r1"]
+    _torch_vs_numpy(_StatsRunner(model, tensors, "cpu"),
+                    _StatsRunner(model, tensors, "cpu", torch_reduce=True), _batches(2))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_statistics_match_cpu(tmp_path):
+    from xtrt.runtime.session import cuda_ep_available
+
+    if not cuda_ep_available():
+        pytest.skip("needs onnxruntime-gpu")
+    model = onnx.load(make_classifier(tmp_path / "m.onnx"))
+    batches = _batches(3)
+    tensors = ["input", "c1", "r1"]
+    for m in ("percentile", "minmax"):
+        got = collect_ranges(model, tensors, batches, method=m, device="cuda")
+        want = collect_ranges(model, tensors, batches, method=m)
+        for t in tensors:     # cuDNN (TF32) differs from MLAS: compare against the range's size
+            span = max(abs(v) for v in want[t])
+            assert got[t] == pytest.approx(want[t], abs=2e-3 * span)
+    got = collect_histograms(model, tensors, batches, method="mse", device="cuda")
+    want = collect_histograms(model, tensors, batches, method="mse")
+    for t in tensors:
+        assert got[t][0].sum() == want[t][0].sum()
+        assert got[t][1] == pytest.approx(want[t][1], rel=1e-3)

@@ -134,7 +134,7 @@ def _profile_one(path: Path, label: str, opts: ProfileOptions, cfg, files, devic
                      f"{'synthetic samples' if feed.synthetic else 'photos (cycled)'}")
     memory = DeviceMemory(device)
     backend = make_backend(opts.backend, model, device, threads=opts.threads, int8=opts.int8,
-                           calib_batches=calib,
+                           calib_batches=calib, input_shape=[max(batches), *plan.sample_shape],
                            profile_prefix=str(ort_dir / label) if opts.trace else None)
     if backend.tail is not None:
         post_kind = f"plugin tail ({', '.join(sorted({n.op_type for n in backend.plugin_nodes}))})"

@@ -111,7 +111,8 @@ class PpqBackend:
 
     name = "ppq"
 
-    def __init__(self, model, device: str = "cpu", *, int8: bool = False, calib_batches=None):
+    def __init__(self, model, device: str = "cpu", *, int8: bool = False, calib_batches=None,
+                 input_shape=None):
         try:
             from xtrt.backend import ppq as ppq_backend
         except ImportError as exc:
@@ -127,6 +128,11 @@ class PpqBackend:
         self.device = device
         self.tail = None
         self.plugin_nodes = plugin_nodes_of(model)
+        if input_shape is not None:
+            # PPQ needs what xtrt.quant gives it: opset 13 (Resize), folded shapes
+            from xtrt.model.prepare import prepare_model
+
+            model = prepare_model(model, list(input_shape), check=False).model
         self.ex = build(model, device=device, int8=int8, calib_batches=calib_batches) if int8 \
             else build(model, device=device)
         self.input_names = list(self.ex.input_names)
@@ -159,15 +165,18 @@ class PpqBackend:
 
 
 def make_backend(kind: str, model, device: str, *, threads: int | None = None,
-                 profile_prefix: str | None = None, int8: bool = False, calib_batches=None):
-    """Build the backend named ``kind`` ('ort' or 'ppq') for ``model`` (an onnx.ModelProto)."""
+                 profile_prefix: str | None = None, int8: bool = False, calib_batches=None,
+                 input_shape=None):
+    """Build the backend named ``kind`` ('ort' or 'ppq') for ``model`` (an onnx.ModelProto);
+    ``input_shape`` (batch included) lets the ppq backend prepare the model as xtrt.quant does."""
     check_device(device, kind)
     if kind == "ort":
         if int8:
             log.warning("--int8 only applies to --backend ppq; ignored")
         return OrtBackend(model, device, threads=threads, profile_prefix=profile_prefix)
     if kind == "ppq":
-        return PpqBackend(model, device, int8=int8, calib_batches=calib_batches)
+        return PpqBackend(model, device, int8=int8, calib_batches=calib_batches,
+                          input_shape=input_shape)
     raise XtrtError(f"unknown backend {kind!r}", "use --backend ort or --backend ppq")
 
 

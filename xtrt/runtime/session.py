@@ -24,6 +24,30 @@ def cuda_ep_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
+_PRELOADED = False
+
+
+def _preload_cuda_libraries() -> None:
+    """Load the CUDA/cuDNN libraries that pip-installed torch/nvidia wheels bring, so that the
+    onnxruntime-gpu wheel finds them (ORT >= 1.21 has ``preload_dlls``; older ones need nothing)."""
+    global _PRELOADED
+    if _PRELOADED:
+        return
+    _PRELOADED = True
+    import onnxruntime as ort
+
+    try:
+        import torch  # noqa: F401  (its CUDA libraries are the ones ORT should find)
+    except ImportError:
+        pass
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception as exc:  # missing optional libraries: the session check below decides
+            log.debug("onnxruntime.preload_dlls: %s", exc)
+
+
 def providers_for(device: str) -> list[str]:
     """ORT providers for ``device`` ('cpu' or 'cuda'); raises DeviceError when CUDA EP is absent."""
     if device == "cpu":
@@ -33,6 +57,7 @@ def providers_for(device: str) -> list[str]:
             raise DeviceError(
                 "--device cuda was asked for, but onnxruntime has no CUDAExecutionProvider",
                 "install the GPU extra (pip install 'xtrt[gpu]', i.e. onnxruntime-gpu) or use --device cpu")
+        _preload_cuda_libraries()
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     raise DeviceError(f"unknown device {device!r}", "use --device cpu or --device cuda")
 
@@ -72,7 +97,7 @@ def make_session(model, device: str = "cpu", *, threads: int | None = None,
     if hasattr(model, "SerializeToString"):
         model = model.SerializeToString()
     try:
-        return ort.InferenceSession(model, sess_options=so, providers=providers_for(device))
+        sess = ort.InferenceSession(model, sess_options=so, providers=providers_for(device))
     except DeviceError:
         raise
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
@@ -85,6 +110,12 @@ def make_session(model, device: str = "cpu", *, threads: int | None = None,
                 "or register a handler with --plugin my_ops.py") from exc
         raise ModelError(f"ONNX Runtime rejected the model: {text}",
                          "check the model with onnx.checker and re-export it") from exc
+    if device == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
+        raise DeviceError("onnxruntime-gpu could not start its CUDA execution provider (CUDA or cuDNN "
+                          "libraries not found)",
+                          "install onnxruntime-gpu matching your CUDA (its nvidia-* wheels or the "
+                          "system CUDA/cuDNN), or use --device cpu")
+    return sess
 
 
 def run_session(session, feeds: dict[str, np.ndarray],
