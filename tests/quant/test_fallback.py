@@ -101,3 +101,32 @@ def test_ort_layerwise_ranks_like_ppqs(tmp_path):
     common = set(ours) & set(ppq)       # PPQ's analysis skips the pooling layer
     assert common == {"conv1", "conv2", "fc"}
     assert sorted(common, key=ours.get) == sorted(common, key=ppq.get)
+
+
+@pytest.mark.parametrize("segments", [1, 2, 4])
+def test_layerwise_from_cached_cuts_equals_one_layer_exports(tmp_path, segments):
+    """Starting each layer's run at a cached cut gives what a whole Q/DQ model with only that
+    layer placed gives on ONNX Runtime."""
+    import xtrt.backend.ppq as ppq_backend
+    from xtrt.model.load import load_model
+    from xtrt.model.prepare import prepare_model
+    from xtrt.quant.export import export_qdq
+    from xtrt.quant.placement import Placement, plan_placement
+    from xtrt.quant.sensitivity import layerwise_sensitivity
+    from xtrt.runtime.session import make_session
+
+    pm = prepare_model(load_model(make_classifier(tmp_path / "m.onnx", outlier_channel=True)),
+                       [2, 3, 32, 32])
+    rng = np.random.default_rng(1)
+    batches = [{"input": rng.random((2, 3, 32, 32), dtype=np.float32)} for _ in range(3)]
+    pl = plan_placement(pm.model)
+    cal = ppq_backend.calibrate(pm.model, batches, method="minmax")
+    got = layerwise_sensitivity(pm.model, cal, pl, batches, segments=segments)
+    ref_sess = make_session(pm.body)
+    refs = [ref_sess.run(None, b) for b in batches]
+    signal = sum(float(np.sum(np.square(r[0].astype(np.float64)))) for r in refs)
+    for layer in pl.quantize:
+        sess = make_session(export_qdq(pm.body, cal, Placement(quantize=[layer])))
+        noise = sum(float(np.sum(np.square(sess.run(None, b)[0].astype(np.float64) - r[0])))
+                    for b, r in zip(batches, refs))
+        assert got[layer] == pytest.approx(noise / signal, rel=1e-3, abs=1e-9), layer

@@ -98,29 +98,121 @@ def _toposort(nodes, available: set) -> list:
 
 def layerwise_sensitivity(model, cal, placement, batches: Sequence[dict[str, np.ndarray]], *,
                           device: str = "cpu", layers: Sequence[str] | None = None,
-                          progress: str | None = None) -> dict[str, float]:
-    """Noise/signal of the graph outputs with only that layer in INT8, per placed layer."""
+                          progress: str | None = None, segments: int = 8) -> dict[str, float]:
+    """Noise/signal of the graph outputs with only that layer in INT8, per placed layer.
+
+    Everything upstream of a layer is the same as in FP32, so it is computed once: one FP32 run
+    caches the tensors that cross into each of ``segments`` suffixes of the graph (cut in front
+    of equal shares of the layers), and each layer's run starts at its segment's cut, in a
+    suffix model that carries Q/DQ switches for that segment's layers only.
+    """
+    from xtrt.model.split import find_plugin_nodes, split_model
+    from xtrt.quant.placement import Placement
     from xtrt.runtime.session import make_session
 
-    sm, switches = switchable_model(model, cal, placement)
-    sess = make_session(sm, device)
-    names = [o.name for o in sess.get_outputs()]
-    todo = [n for n in (layers or placement.quantize) if n in switches]
-    off = {sw: np.zeros((), np.float32) for sw in switches.values()}
-    refs = [sess.run(names, {**b, **off}) for b in batches]
+    body = split_model(model).body if find_plugin_nodes(model) else model
+    nodes = list(body.graph.node)
+    index = {n.name: i for i, n in enumerate(nodes)}
+    todo = sorted({n for n in (layers or placement.quantize) if n in index and n in set(placement.quantize)},
+                  key=index.__getitem__)
+    if not todo:
+        return {}
+    k = max(1, min(int(segments), len(todo)))
+    groups = [g for g in np.array_split(np.array(todo, dtype=object), k) if len(g)]
+    groups = [[str(x) for x in g] for g in groups]
+    cuts = [index[g[0]] for g in groups]
+    inits = {i.name for i in body.graph.initializer}
+    graph_inputs = [i.name for i in body.graph.input if i.name not in inits]
+    out_names = [o.name for o in body.graph.output]
+    crossing = [_crossing(nodes, p, inits) for p in cuts]
+    wanted = list(dict.fromkeys(t for c in crossing for t in c if t not in graph_inputs))
+
+    ref_sess = make_session(_with_outputs(body, out_names + [t for t in wanted if t not in out_names]),
+                            device)
+    names = [o.name for o in ref_sess.get_outputs()]
+    refs, cache = [], []
+    for b in batches:
+        vals = dict(zip(names, ref_sess.run(names, b)))
+        vals.update({n: b[n] for n in graph_inputs})
+        refs.append([vals[o] for o in out_names])
+        cache.append(vals)
+    del ref_sess
     signal = sum(float(sum(np.sum(np.square(o.astype(np.float64))) for o in r)) for r in refs)
-    it = todo
+
+    bar = None
     if progress:
         from tqdm import tqdm
-        it = tqdm(todo, desc=progress, unit="layer", leave=False)
+        bar = tqdm(total=len(todo), desc=progress, unit="layer", leave=False)
     out: dict[str, float] = {}
-    for layer in it:
-        feeds_sw = dict(off)
-        feeds_sw[switches[layer]] = np.ones((), np.float32)
-        noise = 0.0
-        for b, ref in zip(batches, refs):
-            got = sess.run(names, {**b, **feeds_sw})
-            noise += float(sum(np.sum(np.square(g.astype(np.float64) - r.astype(np.float64)))
-                               for g, r in zip(got, ref)))
-        out[layer] = noise / max(signal, 1e-30)
+    for group, p, cross in zip(groups, cuts, crossing):
+        suffix = _suffix_model(body, p, cross, cache[0], out_names)
+        sub = Placement(quantize=list(group), keep_float=dict(placement.keep_float))
+        sm, switches = switchable_model(suffix, cal, sub)
+        sess = make_session(sm, device)
+        s_out = [o.name for o in sess.get_outputs()]
+        pos = [out_names.index(o) for o in s_out]
+        off = {sw: np.zeros((), np.float32) for sw in switches.values()}
+        for layer in group:
+            feeds_sw = dict(off)
+            feeds_sw[switches[layer]] = np.ones((), np.float32)
+            noise = 0.0
+            for vals, ref in zip(cache, refs):
+                got = sess.run(s_out, {**{t: vals[t] for t in cross}, **feeds_sw})
+                noise += float(sum(np.sum(np.square(g.astype(np.float64) - ref[i].astype(np.float64)))
+                                   for g, i in zip(got, pos)))
+            out[layer] = noise / max(signal, 1e-30)
+            if bar is not None:
+                bar.update(1)
+        del sess
+    if bar is not None:
+        bar.close()
     return out
+
+
+def _crossing(nodes, p: int, inits: set) -> list[str]:
+    """Tensors that nodes[p:] read but nodes[p:] do not produce (graph inputs included)."""
+    produced = {o for n in nodes[p:] for o in n.output}
+    return list(dict.fromkeys(t for n in nodes[p:] for t in n.input
+                              if t and t not in inits and t not in produced))
+
+
+def _with_outputs(model, outputs: Sequence[str]):
+    import onnx
+    from onnx import helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.output[:]
+    m.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in outputs)
+    del m.graph.value_info[:]
+    return m
+
+
+def _suffix_model(body, p: int, cross: Sequence[str], sample: dict[str, np.ndarray],
+                  out_names: Sequence[str]):
+    """nodes[p:] of ``body`` as a model whose inputs are the crossing tensors."""
+    import onnx
+    from onnx import helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(body)
+    g = m.graph
+    kept = list(g.node)[p:]
+    produced = {o for n in kept for o in n.output}
+    used = {t for n in kept for t in n.input}
+    del g.node[:]
+    g.node.extend(kept)
+    del g.input[:]
+    for t in cross:
+        arr = np.asarray(sample[t])
+        elem = helper.np_dtype_to_tensor_dtype(arr.dtype)
+        dims = [f"{t}_d{i}" for i in range(arr.ndim)]     # any batch: symbolic dims
+        g.input.append(helper.make_tensor_value_info(t, elem, dims))
+    outs = [o for o in g.output if o.name in produced]
+    del g.output[:]
+    g.output.extend(outs)
+    keep_inits = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep_inits)
+    del g.value_info[:]
+    return m
