@@ -130,3 +130,21 @@ def test_layerwise_from_cached_cuts_equals_one_layer_exports(tmp_path, segments)
         noise = sum(float(np.sum(np.square(sess.run(None, b)[0].astype(np.float64) - r[0])))
                     for b, r in zip(batches, refs))
         assert got[layer] == pytest.approx(noise / signal, rel=1e-3, abs=1e-9), layer
+
+
+def test_shortfall_is_explained():
+    from xtrt.analysis.fallback import explain_shortfall
+
+    sens = {"a": 90.0, "b": 5.0, **{f"x{i}": 0.1 for i in range(50)}}
+    trials = [{"metric": 0.5, "fp32_layers": []}, {"metric": 0.8, "fp32_layers": ["a"]},
+              {"metric": 0.81, "fp32_layers": ["a", "b"]}]
+    why = explain_shortfall(trials, 0.9, sens)
+    assert "best 0.810 against target 0.900" in why
+    assert "carried 95.0%" in why and "spread thinly" in why
+    why = explain_shortfall(trials[:2], 0.9, sens)       # 'a' alone: 90 % -> still concentrated? no
+    assert "carried 90.0%" in why
+    concentrated = explain_shortfall(trials[:2], 0.9, {"a": 1.0, "b": 1.0, "c": 1.0})
+    assert "still concentrated" in concentrated
+    res = run_fallback(["a", "b"], lambda layers: 0.1 * len(layers), target=1.0, max_trials=2,
+                       per_trial=1, first_value=0.0, sensitivity={"a": 2.0, "b": 1.0, "c": 0.5})
+    assert not res.reached and res.as_dict()["why"].startswith("best 0.200")

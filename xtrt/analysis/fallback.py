@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-__all__ = ["FallbackResult", "run_fallback"]
+__all__ = ["FallbackResult", "run_fallback", "explain_shortfall"]
 
 log = logging.getLogger(__name__)
 
@@ -21,23 +21,29 @@ class FallbackResult:
     chosen: int = 0                    # index into trials
     reached: bool = False
     reason: str = ""
+    why: str = ""                      # when the target was not reached: what stands in the way
 
     @property
     def fp32_layers(self) -> list[str]:
         return list(self.trials[self.chosen]["fp32_layers"]) if self.trials else []
 
     def as_dict(self) -> dict:
-        return {"trials": self.trials, "chosen": self.chosen, "reached": self.reached,
-                "reason": self.reason}
+        d = {"trials": self.trials, "chosen": self.chosen, "reached": self.reached,
+             "reason": self.reason}
+        if self.why:
+            d["why"] = self.why
+        return d
 
 
 def run_fallback(ranking: Sequence[str], evaluate: Callable[[list[str]], float | None], *,
                  target: float, max_trials: int, per_trial: int,
-                 first_value: float | None = None, progress=None) -> FallbackResult:
+                 first_value: float | None = None, progress=None,
+                 sensitivity: dict[str, float] | None = None) -> FallbackResult:
     """Move layers (most sensitive first) to float ``per_trial`` at a time until
     ``evaluate(layers) >= target`` or ``max_trials`` re-evaluations are spent.
 
     ``first_value`` is the metric with nothing in float (already measured by the caller).
+    ``sensitivity`` (layer -> layer-wise noise ratio) lets a shortfall be explained.
     Returns every trial and the chosen one (the first that reaches the target, else the best).
     """
     res = FallbackResult()
@@ -71,4 +77,39 @@ def run_fallback(ranking: Sequence[str], evaluate: Callable[[list[str]], float |
     if not res.reason:
         res.reason = (f"target not met within {max_trials} trial(s) (budget analysis.max_trials); "
                       f"kept the best trial ({res.trials[best]['n_fp32_layers']} layer(s) in float)")
+    if not res.reached:
+        res.why = explain_shortfall(res.trials, target, sensitivity or {})
     return res
+
+
+def explain_shortfall(trials: Sequence[dict], target: float, sensitivity: dict[str, float]) -> str:
+    """One or two sentences on why falling back did not reach ``target``, from the trials and the
+    layer-wise sensitivities: is the error concentrated (more trials would help) or spread thinly
+    over many layers (float fallback is the wrong tool)?"""
+    vals = [t["metric"] for t in trials if t.get("metric") is not None]
+    if not vals:
+        return "the metric could not be computed (no reference detections/labels in the held-out images?)"
+    best = max(vals)
+    last = trials[-1]
+    in_float = set(last.get("fp32_layers") or [])
+    parts = [f"best {best:.3f} against target {target:.3f}"]
+    if len(vals) >= 3:
+        gain = vals[-1] - vals[-3]
+        first_gain = vals[1] - vals[0] if len(vals) > 1 else 0.0
+        parts.append(f"the first trial moved the metric {first_gain:+.3f}, the last two {gain:+.3f}")
+    total = sum(v for v in sensitivity.values() if v is not None and v > 0)
+    if total > 0 and in_float:
+        covered = sum(sensitivity.get(n, 0.0) or 0.0 for n in in_float) / total
+        rest = [v for n, v in sensitivity.items() if n not in in_float and v]
+        parts.append(f"the {len(in_float)} float layer(s) carried {covered:.1%} of the summed "
+                     f"layer-alone noise; the other {len(rest)} each carry at most "
+                     f"{max(rest) / total:.2%}" if rest else
+                     f"every ranked layer is already in float")
+        if covered >= 0.9 and rest:
+            parts.append("the rest of the error is spread thinly over many layers, so more float "
+                         "layers buy little: try another calibration.method, LSQ "
+                         "(quantization.lsq.enabled), more calibration images, or accept a lower target")
+        else:
+            parts.append("the error is still concentrated: raise analysis.max_trials or "
+                         "analysis.layers_per_trial")
+    return "; ".join(parts)

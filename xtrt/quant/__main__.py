@@ -76,6 +76,8 @@ def render_terminal(res) -> str:
                                                  ("metric", "metric", ".4f"),
                                                  ("passed", "target met", None)],
                                   title=f"Fallback: {fb['reason']}"))
+        if fb.get("why"):
+            parts.append(f"Why: {fb['why']}")
     return "\n\n".join(parts)
 
 
