@@ -110,6 +110,9 @@ class AnalysisConfig:
     target: Optional[TargetConfig] = None
     max_trials: int = 6
     layers_per_trial: int = 2
+    # greedy: a trial's layers stay float only if the metric improved (INC's "basic" strategy);
+    # ranked: every trial adds the next layers of the ranking, helpful or not
+    fallback_strategy: Literal["greedy", "ranked"] = "greedy"
     analysis_steps: int = 4             # batches used by graph-wise analysis
     layerwise_steps: int = 1            # batches for layer-wise (one forward per layer and batch)
 

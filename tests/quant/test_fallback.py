@@ -136,15 +136,29 @@ def test_shortfall_is_explained():
     from xtrt.analysis.fallback import explain_shortfall
 
     sens = {"a": 90.0, "b": 5.0, **{f"x{i}": 0.1 for i in range(50)}}
-    trials = [{"metric": 0.5, "fp32_layers": []}, {"metric": 0.8, "fp32_layers": ["a"]},
-              {"metric": 0.81, "fp32_layers": ["a", "b"]}]
+    trials = [{"metric": 0.5, "fp32_layers": []}, {"metric": 0.8, "fp32_layers": ["a"], "added": ["a"]},
+              {"metric": 0.81, "fp32_layers": ["a", "b"], "added": ["b"]}]
     why = explain_shortfall(trials, 0.9, sens)
     assert "best 0.810 against target 0.900" in why
-    assert "carried 95.0%" in why and "spread thinly" in why
+    assert "carry 95.0%" in why and "spread thinly" in why
     why = explain_shortfall(trials[:2], 0.9, sens)       # 'a' alone: 90 % -> still concentrated? no
-    assert "carried 90.0%" in why
+    assert "carry 90.0%" in why
     concentrated = explain_shortfall(trials[:2], 0.9, {"a": 1.0, "b": 1.0, "c": 1.0})
     assert "still concentrated" in concentrated
     res = run_fallback(["a", "b"], lambda layers: 0.1 * len(layers), target=1.0, max_trials=2,
                        per_trial=1, first_value=0.0, sensitivity={"a": 2.0, "b": 1.0, "c": 0.5})
     assert not res.reached and res.as_dict()["why"].startswith("best 0.200")
+
+
+def test_greedy_fallback_puts_unhelpful_layers_back():
+    """A layer whose float version hurts (errors that cancelled) goes back to INT8."""
+    def metric(layers):
+        return 0.5 + 0.2 * sum(x.startswith("good") for x in layers) - 0.1 * ("bad" in layers)
+
+    ranking = ["bad", "good1", "good2", "good3"]
+    res = run_fallback(ranking, metric, target=0.9, max_trials=5, per_trial=1, first_value=0.5)
+    assert res.reached and res.fp32_layers == ["good1", "good2"]
+    assert [t["kept"] for t in res.trials] == [True, False, True, True]
+    ranked = run_fallback(ranking, metric, target=0.9, max_trials=5, per_trial=1, first_value=0.5,
+                          strategy="ranked")
+    assert ranked.reached and ranked.fp32_layers == ["bad", "good1", "good2", "good3"]

@@ -38,41 +38,57 @@ class FallbackResult:
 def run_fallback(ranking: Sequence[str], evaluate: Callable[[list[str]], float | None], *,
                  target: float, max_trials: int, per_trial: int,
                  first_value: float | None = None, progress=None,
-                 sensitivity: dict[str, float] | None = None) -> FallbackResult:
+                 sensitivity: dict[str, float] | None = None,
+                 strategy: str = "greedy") -> FallbackResult:
     """Move layers (most sensitive first) to float ``per_trial`` at a time until
     ``evaluate(layers) >= target`` or ``max_trials`` re-evaluations are spent.
 
+    ``strategy`` 'greedy': a trial's layers stay in float only if the metric improved on the best
+    so far, otherwise they go back to INT8 and the next layers of the ranking are tried (so layers
+    that do not help cost no speed); 'ranked': every trial adds the next layers regardless.
     ``first_value`` is the metric with nothing in float (already measured by the caller).
     ``sensitivity`` (layer -> layer-wise noise ratio) lets a shortfall be explained.
     Returns every trial and the chosen one (the first that reaches the target, else the best).
     """
+    if strategy not in ("greedy", "ranked"):
+        raise ValueError(f"unknown fallback strategy {strategy!r}")
     res = FallbackResult()
     value0 = first_value if first_value is not None else evaluate([])
     res.trials.append({"trial": 0, "n_fp32_layers": 0, "fp32_layers": [], "metric": value0,
-                       "passed": value0 is not None and value0 >= target})
+                       "passed": value0 is not None and value0 >= target, "kept": True})
     if value0 is not None and value0 >= target:
         res.reached, res.reason = True, "target met with every layer in INT8"
         return res
-    layers: list[str] = []
+    kept: list[str] = []                 # layers in float so far
+    tried: set[str] = set()
+    best_value = value0 if value0 is not None else float("-inf")
     for t in range(1, max_trials + 1):
-        nxt = [r for r in ranking if r not in layers][:per_trial]
+        nxt = [r for r in ranking if r not in tried][:per_trial]
         if not nxt:
             res.reason = "no more layers to move to float"
             break
-        layers = layers + nxt
+        tried.update(nxt)
+        layers = kept + nxt
         value = evaluate(list(layers))
         passed = value is not None and value >= target
+        improved = value is not None and value > best_value
+        keep = passed or improved or strategy == "ranked"
         res.trials.append({"trial": t, "n_fp32_layers": len(layers), "fp32_layers": list(layers),
-                           "added": nxt, "metric": value, "passed": passed})
+                           "added": nxt, "metric": value, "passed": passed, "kept": keep})
         if progress is not None:
             progress(t, value)
-        log.info("fallback trial %d: %d layer(s) in float -> %s", t, len(layers), value)
+        log.info("fallback trial %d: %d layer(s) in float -> %s%s", t, len(layers), value,
+                 "" if keep else " (no gain: back to INT8)")
         if passed:
             res.reached, res.chosen = True, len(res.trials) - 1
             res.reason = f"target met with {len(layers)} layer(s) in float"
             return res
+        if keep:
+            kept = layers
+            if improved:
+                best_value = value
     best = max(range(len(res.trials)), key=lambda i: (res.trials[i]["metric"] or float("-inf"),
-                                                      -i))
+                                                      -res.trials[i]["n_fp32_layers"], -i))
     res.chosen = best
     if not res.reason:
         res.reason = (f"target not met within {max_trials} trial(s) (budget analysis.max_trials); "
@@ -87,11 +103,11 @@ def explain_shortfall(trials: Sequence[dict], target: float, sensitivity: dict[s
     layer-wise sensitivities: is the error concentrated (more trials would help) or spread thinly
     over many layers (float fallback is the wrong tool)?"""
     vals = [t["metric"] for t in trials if t.get("metric") is not None]
+    tried = [n for t in trials for n in (t.get("added") or [])]
     if not vals:
         return "the metric could not be computed (no reference detections/labels in the held-out images?)"
     best = max(vals)
-    last = trials[-1]
-    in_float = set(last.get("fp32_layers") or [])
+    in_float = set(tried)                # every layer tried in float, kept or not
     parts = [f"best {best:.3f} against target {target:.3f}"]
     if len(vals) >= 3:
         gain = vals[-1] - vals[-3]
@@ -101,7 +117,7 @@ def explain_shortfall(trials: Sequence[dict], target: float, sensitivity: dict[s
     if total > 0 and in_float:
         covered = sum(sensitivity.get(n, 0.0) or 0.0 for n in in_float) / total
         rest = [v for n, v in sensitivity.items() if n not in in_float and v]
-        parts.append(f"the {len(in_float)} float layer(s) carried {covered:.1%} of the summed "
+        parts.append(f"the {len(in_float)} layer(s) tried in float carry {covered:.1%} of the summed "
                      f"layer-alone noise; the other {len(rest)} each carry at most "
                      f"{max(rest) / total:.2%}" if rest else
                      f"every ranked layer is already in float")

@@ -74,7 +74,8 @@ def render_terminal(res) -> str:
         parts.append(render_table(fb["trials"], [("trial", "trial", "d"),
                                                  ("n_fp32_layers", "FP32 layers", "d"),
                                                  ("metric", "metric", ".4f"),
-                                                 ("passed", "target met", None)],
+                                                 ("passed", "target met", None),
+                                                 ("kept", "kept float", None)],
                                   title=f"Fallback: {fb['reason']}"))
         if fb.get("why"):
             parts.append(f"Why: {fb['why']}")

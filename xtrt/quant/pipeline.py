@@ -227,7 +227,8 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
         fallback = run_fallback(ranking, trial, target=goal,
                                 max_trials=cfg.analysis.max_trials,
                                 per_trial=cfg.analysis.layers_per_trial, first_value=first,
-                                sensitivity=layerwise)
+                                sensitivity=layerwise,
+                                strategy=cfg.analysis.fallback_strategy)
         chosen_layers = tuple(fallback.fp32_layers)
         if chosen_layers:
             placement, chosen_eval = cache[chosen_layers]

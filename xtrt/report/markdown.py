@@ -154,7 +154,7 @@ def _fallback(fb: Any) -> str:
     trials = fb.get("trials") or []
     if trials and all(isinstance(t, Mapping) for t in trials):
         parts.append(md_table(trials, _ordered_keys(trials, ["trial", "n_fp32_layers", "metric", "passed",
-                                                              "chosen", "added", "layers"])))
+                                                              "kept", "chosen", "added", "layers"])))
     elif trials:
         parts.append(_generic(trials))
     return "\n\n".join(p for p in parts if p) or "(no trials)"

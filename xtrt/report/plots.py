@@ -180,10 +180,14 @@ def plot_fallback_tradeoff(trials: Sequence[Mapping[str, Any]], metric_name: str
     y = np.array([float(t["metric"]) for t in rows])
     fig = _figure(7, 4.5)
     ax = fig.add_subplot()
-    ax.plot(x, y, color="0.6", lw=1, zorder=1)
+    kept = np.array([t.get("kept", True) is not False for t in rows])
+    ax.plot(x[kept], y[kept], color="0.6", lw=1, zorder=1)       # the path the fallback took
     passed = [t.get("passed") for t in rows]
-    colors = ["tab:green" if p else ("0.45" if p is False else "tab:blue") for p in passed]
-    ax.scatter(x, y, c=colors, s=36, zorder=2)
+    colors = np.array(["tab:green" if p else ("0.45" if p is False else "tab:blue") for p in passed])
+    ax.scatter(x[kept], y[kept], c=colors[kept], s=36, zorder=2)
+    if (~kept).any():
+        ax.scatter(x[~kept], y[~kept], marker="x", c="tab:red", s=36, zorder=2,
+                   label="tried, no gain: back to INT8")
     if any(p is True for p in passed):
         ax.scatter([], [], c="tab:green", s=36, label="meets target")
     if any(p is False for p in passed):
