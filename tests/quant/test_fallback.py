@@ -80,20 +80,27 @@ def test_fallback_stops_when_no_layers_are_left():
     assert not res.reached and "no more layers" in res.reason
 
 
-def test_ort_layerwise_ranks_like_ppqs(tmp_path):
-    """The switchable-Q/DQ session on ONNX Runtime and PPQ's layerwise_error_analyse agree."""
+def _outlier_calibrated(tmp_path, *, seed: int, n: int):
+    """The outlier-channel classifier, prepared, placed and minmax-calibrated on n random batches."""
     import xtrt.backend.ppq as ppq_backend
     from xtrt.model.load import load_model
     from xtrt.model.prepare import prepare_model
     from xtrt.quant.placement import plan_placement
-    from xtrt.quant.sensitivity import layerwise_sensitivity
 
     pm = prepare_model(load_model(make_classifier(tmp_path / "m.onnx", outlier_channel=True)),
                        [2, 3, 32, 32])
-    rng = np.random.default_rng(0)
-    batches = [{"input": rng.random((2, 3, 32, 32), dtype=np.float32)} for _ in range(8)]
+    rng = np.random.default_rng(seed)
+    batches = [{"input": rng.random((2, 3, 32, 32), dtype=np.float32)} for _ in range(n)]
     pl = plan_placement(pm.model)
-    cal = ppq_backend.calibrate(pm.model, batches, method="minmax")
+    return pm, pl, ppq_backend.calibrate(pm.model, batches, method="minmax"), batches
+
+
+def test_ort_layerwise_ranks_like_ppqs(tmp_path):
+    """The switchable-Q/DQ session on ONNX Runtime and PPQ's layerwise_error_analyse agree."""
+    import xtrt.backend.ppq as ppq_backend
+    from xtrt.quant.sensitivity import layerwise_sensitivity
+
+    pm, pl, cal, batches = _outlier_calibrated(tmp_path, seed=0, n=8)
     ours = layerwise_sensitivity(pm.model, cal, pl, batches[:2])
     ppq = ppq_backend.layerwise_error(cal, batches[:2], steps=2, progress=False)
     assert set(ours) == {"conv1", "conv2", "gap", "fc"}
@@ -107,20 +114,11 @@ def test_ort_layerwise_ranks_like_ppqs(tmp_path):
 def test_layerwise_from_cached_cuts_equals_one_layer_exports(tmp_path, segments):
     """Starting each layer's run at a cached cut gives what a whole Q/DQ model with only that
     layer placed gives on ONNX Runtime."""
-    import xtrt.backend.ppq as ppq_backend
-    from xtrt.model.load import load_model
-    from xtrt.model.prepare import prepare_model
     from xtrt.quant.export import export_qdq
-    from xtrt.quant.placement import Placement, plan_placement
+    from xtrt.quant.placement import Placement
     from xtrt.quant.sensitivity import layerwise_sensitivity
-    from xtrt.runtime.session import make_session
 
-    pm = prepare_model(load_model(make_classifier(tmp_path / "m.onnx", outlier_channel=True)),
-                       [2, 3, 32, 32])
-    rng = np.random.default_rng(1)
-    batches = [{"input": rng.random((2, 3, 32, 32), dtype=np.float32)} for _ in range(3)]
-    pl = plan_placement(pm.model)
-    cal = ppq_backend.calibrate(pm.model, batches, method="minmax")
+    pm, pl, cal, batches = _outlier_calibrated(tmp_path, seed=1, n=3)
     got = layerwise_sensitivity(pm.model, cal, pl, batches, segments=segments)
     ref_sess = make_session(pm.body)
     refs = [ref_sess.run(None, b) for b in batches]
