@@ -160,3 +160,16 @@ def test_greedy_fallback_puts_unhelpful_layers_back():
     ranked = run_fallback(ranking, metric, target=0.9, max_trials=5, per_trial=1, first_value=0.5,
                           strategy="ranked")
     assert ranked.reached and ranked.fp32_layers == ["bad", "good1", "good2", "good3"]
+
+
+def test_greedy_uses_the_tie_breaker_when_the_metric_does_not_move():
+    """Top-1 over few images moves in coarse steps: a layer that leaves it unchanged but raises
+    the output SQNR stays float; one that lowers the SQNR goes back."""
+    def metric(layers):
+        sqnr = 20 + 3 * sum(x.startswith("good") for x in layers) - 5 * ("bad" in layers)
+        return (0.9 if len(set(layers) - {"bad"}) >= 3 else 0.8), sqnr
+
+    res = run_fallback(["good1", "bad", "good2", "good3"], metric, target=0.9, max_trials=6,
+                       per_trial=1, first_value=metric([]))
+    assert res.reached and res.fp32_layers == ["good1", "good2", "good3"]
+    assert [t["kept"] for t in res.trials] == [True, True, False, True, True]

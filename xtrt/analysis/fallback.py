@@ -35,7 +35,14 @@ class FallbackResult:
         return d
 
 
-def run_fallback(ranking: Sequence[str], evaluate: Callable[[list[str]], float | None], *,
+def _split(v) -> tuple[float | None, float | None]:
+    """``evaluate`` returns the metric, or (metric, tie-breaker) such as (top-1, output SQNR)."""
+    if isinstance(v, tuple):
+        return v[0], v[1]
+    return v, None
+
+
+def run_fallback(ranking: Sequence[str], evaluate: Callable[[list[str]], object], *,
                  target: float, max_trials: int, per_trial: int,
                  first_value: float | None = None, progress=None,
                  sensitivity: dict[str, float] | None = None,
@@ -43,25 +50,30 @@ def run_fallback(ranking: Sequence[str], evaluate: Callable[[list[str]], float |
     """Move layers (most sensitive first) to float ``per_trial`` at a time until
     ``evaluate(layers) >= target`` or ``max_trials`` re-evaluations are spent.
 
+    ``evaluate`` returns the metric, or (metric, tie-breaker): a continuous measure such as the
+    output SQNR that decides when a coarse metric (top-1 over a hundred images) does not move.
     ``strategy`` 'greedy': a trial's layers stay in float only if the metric improved on the best
-    so far, otherwise they go back to INT8 and the next layers of the ranking are tried (so layers
-    that do not help cost no speed); 'ranked': every trial adds the next layers regardless.
-    ``first_value`` is the metric with nothing in float (already measured by the caller).
+    so far, or held and the tie-breaker improved; otherwise they go back to INT8 and the next layers
+    of the ranking are tried (layers that do not help cost no speed); 'ranked': every trial adds
+    the next layers regardless.
+    ``first_value`` is the metric (or pair) with nothing in float (already measured by the caller).
     ``sensitivity`` (layer -> layer-wise noise ratio) lets a shortfall be explained.
     Returns every trial and the chosen one (the first that reaches the target, else the best).
     """
     if strategy not in ("greedy", "ranked"):
         raise ValueError(f"unknown fallback strategy {strategy!r}")
     res = FallbackResult()
-    value0 = first_value if first_value is not None else evaluate([])
+    value0, tie0 = _split(first_value if first_value is not None else evaluate([]))
     res.trials.append({"trial": 0, "n_fp32_layers": 0, "fp32_layers": [], "metric": value0,
-                       "passed": value0 is not None and value0 >= target, "kept": True})
+                       "tie_breaker": tie0, "passed": value0 is not None and value0 >= target,
+                       "kept": True})
     if value0 is not None and value0 >= target:
         res.reached, res.reason = True, "target met with every layer in INT8"
         return res
     kept: list[str] = []                 # layers in float so far
     tried: set[str] = set()
     best_value = value0 if value0 is not None else float("-inf")
+    best_tie = tie0 if tie0 is not None else float("-inf")
     for t in range(1, max_trials + 1):
         nxt = [r for r in ranking if r not in tried][:per_trial]
         if not nxt:
@@ -69,12 +81,14 @@ def run_fallback(ranking: Sequence[str], evaluate: Callable[[list[str]], float |
             break
         tried.update(nxt)
         layers = kept + nxt
-        value = evaluate(list(layers))
+        value, tie = _split(evaluate(list(layers)))
         passed = value is not None and value >= target
-        improved = value is not None and value > best_value
+        improved = value is not None and (value > best_value or (
+            value == best_value and tie is not None and tie > best_tie))
         keep = passed or improved or strategy == "ranked"
         res.trials.append({"trial": t, "n_fp32_layers": len(layers), "fp32_layers": list(layers),
-                           "added": nxt, "metric": value, "passed": passed, "kept": keep})
+                           "added": nxt, "metric": value, "tie_breaker": tie, "passed": passed,
+                           "kept": keep})
         if progress is not None:
             progress(t, value)
         log.info("fallback trial %d: %d layer(s) in float -> %s%s", t, len(layers), value,
@@ -86,9 +100,14 @@ def run_fallback(ranking: Sequence[str], evaluate: Callable[[list[str]], float |
         if keep:
             kept = layers
             if improved:
-                best_value = value
-    best = max(range(len(res.trials)), key=lambda i: (res.trials[i]["metric"] or float("-inf"),
-                                                      -res.trials[i]["n_fp32_layers"], -i))
+                best_value, best_tie = value, (tie if tie is not None else best_tie)
+    def rank(i):
+        t = res.trials[i]
+        return (t["metric"] if t["metric"] is not None else float("-inf"),
+                t["tie_breaker"] if t.get("tie_breaker") is not None else float("-inf"),
+                -t["n_fp32_layers"], -i)
+
+    best = max(range(len(res.trials)), key=rank)
     res.chosen = best
     if not res.reason:
         res.reason = (f"target not met within {max_trials} trial(s) (budget analysis.max_trials); "

@@ -208,7 +208,7 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
         t0 = time.perf_counter()
         metric = target.metric
         goal = target.goal()
-        first = metric_value(ev_int8, metric)
+        first = (metric_value(ev_int8, metric), metric_value(ev_int8, "sqnr"))
         ranking = [k for k, _ in sorted(layerwise.items(), key=lambda kv: -kv[1])] or \
             [r["name"] for r in layers]
         cache: dict[tuple, object] = {}
@@ -222,7 +222,8 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
                 p.keep_float[n] = "automatic fallback (most sensitive layer)"
             ev_t = eval_model(ex.export_qdq(prepared.model, cal, p))
             cache[tuple(fp32_layers)] = (p, ev_t)
-            return metric_value(ev_t, metric)
+            # the output SQNR breaks ties of a coarse task metric (greedy strategy)
+            return metric_value(ev_t, metric), metric_value(ev_t, "sqnr")
 
         fallback = run_fallback(ranking, trial, target=goal,
                                 max_trials=cfg.analysis.max_trials,
