@@ -46,7 +46,7 @@ def run_fallback(ranking: Sequence[str], evaluate: Callable[[list[str]], object]
                  target: float, max_trials: int, per_trial: int,
                  first_value: float | None = None, progress=None,
                  sensitivity: dict[str, float] | None = None,
-                 strategy: str = "greedy") -> FallbackResult:
+                 strategy: str = "ranked") -> FallbackResult:
     """Move layers (most sensitive first) to float ``per_trial`` at a time until
     ``evaluate(layers) >= target`` or ``max_trials`` re-evaluations are spent.
 
@@ -141,9 +141,10 @@ def explain_shortfall(trials: Sequence[dict], target: float, sensitivity: dict[s
                      f"{max(rest) / total:.2%}" if rest else
                      f"every ranked layer is already in float")
         if covered >= 0.9 and rest:
-            parts.append("the rest of the error is spread thinly over many layers, so more float "
-                         "layers buy little: try another calibration.method, LSQ "
-                         "(quantization.lsq.enabled), more calibration images, or accept a lower target")
+            parts.append("what is left is error accumulated over many layers, which fallback removes "
+                         "only by keeping most of the network in float: try another "
+                         "calibration.method, the other analysis.fallback_strategy, LSQ "
+                         "(quantization.lsq.enabled), more calibration images, or a lower target")
         else:
             parts.append("the error is still concentrated: raise analysis.max_trials or "
                          "analysis.layers_per_trial")
