@@ -33,6 +33,23 @@ def test_outlier_layer_is_ranked_first(outlier_run):
     assert rep["summary"]["worst_layer"] == "conv2"
 
 
+def test_layer_records_carry_cosine_and_ranges(outlier_run):
+    """The outlier shows in the per-layer data: conv2's input range is ~1000x the others', the
+    accumulated cosine drops at conv2 (and stays low after it), and its clip covers the outlier."""
+    _, rep = outlier_run
+    rows = {r["name"]: r for r in rep["layers"]}
+    assert set(rows) == {"conv1", "conv2", "gap", "fc"}
+    for r in rows.values():
+        assert -1.0 <= r["cosine"] <= 1.0 + 1e-9 and r["act_clip"] > 0
+        assert r["act_min"] <= r["act_max"]
+    assert rows["conv1"]["cosine"] > 0.99 > rows["conv2"]["cosine"]
+    assert rows["fc"]["cosine"] < 0.99
+    assert rows["conv2"]["act_max"] > 100 * rows["conv1"]["act_max"]
+    assert rows["conv2"]["act_clip"] > 0.5 * rows["conv2"]["act_max"]
+    assert rows["conv1"]["weight_min"] < 0 < rows["conv1"]["weight_max"]
+    assert rows["conv1"]["weight_channel_spread"] >= 1.0 and "weight_min" not in rows["gap"]
+
+
 def test_fallback_moves_it_to_float_and_reaches_the_target(outlier_run):
     tmp, rep = outlier_run
     fb = rep["fallback"]

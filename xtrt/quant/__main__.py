@@ -67,6 +67,7 @@ def render_terminal(res) -> str:
     if layers:
         parts.append(render_table(layers, [("name", "layer", None), ("op_type", "op", None),
                                            ("noise_ratio", "graph-wise noise", ".4f"),
+                                           ("cosine", "cosine", ".4f"),
                                            ("layerwise_noise_ratio", "alone", ".2e")],
                                   title="Worst layers (PPQ analysis)"))
     fb = r.get("fallback")

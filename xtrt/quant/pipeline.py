@@ -196,12 +196,21 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
             layerwise = ppq_backend.layerwise_error(cal, ana_batches, device=cfg.device,
                                                     steps=cfg.analysis.layerwise_steps,
                                                     progress=progress)
+    per_layer = {}
+    if cfg.analysis.graphwise:
+        from xtrt.quant.sensitivity import layer_statistics
+        per_layer = layer_statistics(prepared.model, cal, placement, ana_batches, device=cfg.device)
     lap("analysis", t0)
     op_types = {n.name: n.op_type for n in prepared.model.graph.node}
-    layers = sorted(({"name": k, "op_type": op_types.get(k, "?"), "noise_ratio": v,
-                      "layerwise_noise_ratio": layerwise.get(k)} for k, v in graphwise.items()),
-                    key=lambda r: -(r["layerwise_noise_ratio"] if r["layerwise_noise_ratio"]
-                                    is not None else r["noise_ratio"]))
+    names = list(dict.fromkeys([*graphwise, *per_layer, *layerwise]))
+
+    def worst_first(r):
+        v = r["layerwise_noise_ratio"] if r["layerwise_noise_ratio"] is not None else r["noise_ratio"]
+        return -(v if v is not None else r.get("noise_ratio_ort") or 0.0)
+
+    layers = sorted(({"name": k, "op_type": op_types.get(k, "?"), "noise_ratio": graphwise.get(k),
+                      "layerwise_noise_ratio": layerwise.get(k), **per_layer.get(k, {})}
+                     for k in names), key=worst_first)
     fallback = None
     chosen_eval = ev_int8
     if target is not None:

@@ -216,3 +216,62 @@ def _suffix_model(body, p: int, cross: Sequence[str], sample: dict[str, np.ndarr
     g.initializer.extend(keep_inits)
     del g.value_info[:]
     return m
+
+
+def layer_statistics(model, cal, placement, batches: Sequence[dict[str, np.ndarray]], *,
+                     device: str = "cpu") -> dict[str, dict]:
+    """Per placed layer, on ONNX Runtime over ``batches``: the cosine similarity and noise/signal
+    of the layer's output in the exported all-INT8 model against FP32 (error accumulated through
+    the graph, as deployed), the FP32 range of its activation input against the calibrated clip
+    (127 x scale), and the range of its weights with the spread of the per-channel maxima."""
+    from onnx import numpy_helper
+
+    from xtrt.model.split import find_plugin_nodes, split_model
+    from xtrt.quant.export import export_qdq
+    from xtrt.runtime.session import make_session
+
+    body = split_model(model).body if find_plugin_nodes(model) else model
+    by_name = {n.name: n for n in body.graph.node}
+    layers = [n for n in placement.quantize if n in by_name and by_name[n].output]
+    inits = {i.name: i for i in body.graph.initializer}
+    outs = list(dict.fromkeys(by_name[n].output[0] for n in layers))
+    ins = list(dict.fromkeys(by_name[n].input[0] for n in layers if by_name[n].input[0] not in inits))
+    graph_inputs = {i.name for i in body.graph.input}
+    fp_names = list(dict.fromkeys(outs + [t for t in ins if t not in graph_inputs]))
+    fp = make_session(_with_outputs(body, fp_names), device)
+    q = make_session(_with_outputs(export_qdq(body, cal, placement), outs), device)
+    acc = {t: np.zeros(4) for t in outs}                       # dot, |fp|^2, |q|^2, |fp-q|^2
+    rng = {t: [np.inf, -np.inf] for t in ins}
+    for feeds in batches:
+        vf = dict(zip(fp_names, fp.run(fp_names, feeds)))
+        vf.update({t: feeds[t] for t in ins if t in graph_inputs and t in feeds})
+        vq = dict(zip(outs, q.run(outs, feeds)))
+        for t in outs:
+            a, b = vf[t].astype(np.float64).ravel(), vq[t].astype(np.float64).ravel()
+            acc[t] += (a @ b, a @ a, b @ b, np.sum(np.square(a - b)))
+        for t in ins:
+            if t in vf:
+                rng[t][0] = min(rng[t][0], float(vf[t].min()))
+                rng[t][1] = max(rng[t][1], float(vf[t].max()))
+    res: dict[str, dict] = {}
+    for name in layers:
+        node = by_name[name]
+        dot, ff, qq, err = acc[node.output[0]]
+        row = {"cosine": float(dot / np.sqrt(ff * qq)) if ff > 0 and qq > 0 else None,
+               "noise_ratio_ort": float(err / ff) if ff > 0 else None}
+        lo, hi = rng.get(node.input[0], (np.inf, -np.inf))
+        if np.isfinite(lo):
+            row["act_min"], row["act_max"] = lo, hi
+        s = cal.act_scales.get((name, 0))
+        if s is not None:
+            row["act_clip"] = float(127.0 * s)
+        if len(node.input) > 1 and node.input[1] in inits:
+            w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+            row["weight_min"], row["weight_max"] = float(w.min()), float(w.max())
+            if w.ndim >= 2:
+                axis = 1 if node.op_type == "ConvTranspose" else 0
+                amax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
+                med = float(np.median(amax))
+                row["weight_channel_spread"] = float(amax.max() / med) if med > 0 else None
+        res[name] = row
+    return res
