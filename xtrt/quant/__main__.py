@@ -69,7 +69,7 @@ def render_terminal(res) -> str:
                                            ("noise_ratio", "graph-wise noise", ".4f"),
                                            ("cosine", "cosine", ".4f"),
                                            ("layerwise_noise_ratio", "alone", ".2e")],
-                                  title="Worst layers (PPQ analysis)"))
+                                  title="Worst layers (graph-wise noise: PPQ; cosine: the exported model on ORT; alone: layer-wise)"))
     fb = r.get("fallback")
     if fb:
         parts.append(render_table(fb["trials"], [("trial", "trial", "d"),
