@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from xtrt.ops.registry import OpRegistry
 
-__all__ = ["SplitPlan", "find_plugin_nodes", "split_model", "node_label"]
+__all__ = ["SplitPlan", "find_plugin_nodes", "split_model", "node_label", "runnable_body",
+           "with_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,21 @@ def find_plugin_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     and ONNX Runtime's com.microsoft ops count as runnable."""
     local = {(f.domain, f.name) for f in model.functions}
     return [n for n in model.graph.node if not _is_standard(n, local)]
+
+
+def runnable_body(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` itself, or its body when it ends in plugin nodes (what ONNX Runtime can run)."""
+    return split_model(model).body if find_plugin_nodes(model) else model
+
+
+def with_outputs(model: onnx.ModelProto, outputs) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph outputs are exactly ``outputs`` (any tensors it computes)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.output[:]
+    m.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in outputs)
+    del m.graph.value_info[:]
+    return m
 
 
 def _inputs_deep(node: onnx.NodeProto) -> Iterator[str]:

@@ -153,23 +153,15 @@ class _StatsRunner:
 
 def _stats_session(model, tensors: Sequence[str], device: str):
     """An ORT session of ``model`` whose outputs are exactly ``tensors``."""
-    import onnx
-    from onnx import helper
-
+    from xtrt.model.split import with_outputs
     from xtrt.runtime.session import make_session
 
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
     names = list(dict.fromkeys(tensors))
-    produced = {o for n in work.graph.node for o in n.output} | {i.name for i in work.graph.input}
+    produced = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
     missing = [t for t in names if t not in produced]
     if missing:
         raise ValueError(f"tensors not in the graph: {missing[:3]}")
-    del work.graph.output[:]
-    for t in names:
-        work.graph.output.append(helper.make_empty_tensor_value_info(t))
-    del work.graph.value_info[:]
-    return make_session(work, device), names
+    return make_session(with_outputs(model, names), device), names
 
 
 def collect_histograms(model, tensors: Sequence[str], batches: Sequence[dict[str, np.ndarray]], *,

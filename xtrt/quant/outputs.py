@@ -134,18 +134,10 @@ def _task_rows(ev_int8, ev_sim) -> dict:
 
 def _tensor_values(model, tensor: str, batches, device: str) -> np.ndarray:
     """Values of an intermediate tensor on ``batches`` (ORT; the body of a plugin model)."""
-    import onnx
-    from onnx import helper
-
-    from xtrt.model.split import find_plugin_nodes, split_model
+    from xtrt.model.split import runnable_body, with_outputs
     from xtrt.runtime.session import make_session
 
-    m = split_model(model).body if find_plugin_nodes(model) else model
-    work = onnx.ModelProto()
-    work.CopyFrom(m)
-    del work.graph.output[:]
-    work.graph.output.append(helper.make_empty_tensor_value_info(tensor))
-    sess = make_session(work, device)
+    sess = make_session(with_outputs(runnable_body(model), [tensor]), device)
     return np.concatenate([sess.run([tensor], b.feeds)[0].reshape(-1) for b in batches])
 
 

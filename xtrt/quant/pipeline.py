@@ -189,7 +189,7 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
         if cfg.analysis.layerwise_engine == "ort":
             from xtrt.quant.sensitivity import layerwise_sensitivity
             lw_batches = [b.feeds for b in cal_batches[:cfg.analysis.layerwise_steps]]
-            layerwise = layerwise_sensitivity(prepared.model, cal, placement, lw_batches,
+            layerwise = layerwise_sensitivity(prepared.body, cal, placement, lw_batches,
                                               device=cfg.device,
                                               progress="layer-wise analysis" if progress else None)
         else:
@@ -199,7 +199,7 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     per_layer = {}
     if cfg.analysis.graphwise:
         from xtrt.quant.sensitivity import layer_statistics
-        per_layer = layer_statistics(prepared.model, cal, placement, ana_batches, device=cfg.device)
+        per_layer = layer_statistics(prepared.body, cal, placement, ana_batches, device=cfg.device)
     lap("analysis", t0)
     op_types = {n.name: n.op_type for n in prepared.model.graph.node}
     names = list(dict.fromkeys([*graphwise, *per_layer, *layerwise]))

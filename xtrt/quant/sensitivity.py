@@ -25,12 +25,10 @@ def switchable_model(model, cal, placement):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from xtrt.model.split import find_plugin_nodes, split_model
+    from xtrt.model.split import runnable_body
     from xtrt.quant.export import export_qdq
 
-    q = export_qdq(model, cal, placement)
-    if find_plugin_nodes(q):
-        q = split_model(q).body
+    q = runnable_body(export_qdq(model, cal, placement))
     g = q.graph
     by_out = {o: n for n in g.node for o in n.output}
     switches: dict[str, str] = {}
@@ -106,14 +104,15 @@ def layerwise_sensitivity(model, cal, placement, batches: Sequence[dict[str, np.
     of equal shares of the layers), and each layer's run starts at its segment's cut, in a
     suffix model that carries Q/DQ switches for that segment's layers only.
     """
-    from xtrt.model.split import find_plugin_nodes, split_model
+    from xtrt.model.split import runnable_body, with_outputs
     from xtrt.quant.placement import Placement
     from xtrt.runtime.session import make_session
 
-    body = split_model(model).body if find_plugin_nodes(model) else model
+    body = runnable_body(model)
     nodes = list(body.graph.node)
     index = {n.name: i for i, n in enumerate(nodes)}
-    todo = sorted({n for n in (layers or placement.quantize) if n in index and n in set(placement.quantize)},
+    placed = set(placement.quantize)
+    todo = sorted({n for n in (layers or placement.quantize) if n in index and n in placed},
                   key=index.__getitem__)
     if not todo:
         return {}
@@ -127,7 +126,7 @@ def layerwise_sensitivity(model, cal, placement, batches: Sequence[dict[str, np.
     crossing = [_crossing(nodes, p, inits) for p in cuts]
     wanted = list(dict.fromkeys(t for c in crossing for t in c if t not in graph_inputs))
 
-    ref_sess = make_session(_with_outputs(body, out_names + [t for t in wanted if t not in out_names]),
+    ref_sess = make_session(with_outputs(body, out_names + [t for t in wanted if t not in out_names]),
                             device)
     names = [o.name for o in ref_sess.get_outputs()]
     refs, cache = [], []
@@ -176,18 +175,6 @@ def _crossing(nodes, p: int, inits: set) -> list[str]:
                               if t and t not in inits and t not in produced))
 
 
-def _with_outputs(model, outputs: Sequence[str]):
-    import onnx
-    from onnx import helper
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    del m.graph.output[:]
-    m.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in outputs)
-    del m.graph.value_info[:]
-    return m
-
-
 def _suffix_model(body, p: int, cross: Sequence[str], sample: dict[str, np.ndarray],
                   out_names: Sequence[str]):
     """nodes[p:] of ``body`` as a model whose inputs are the crossing tensors."""
@@ -226,11 +213,11 @@ def layer_statistics(model, cal, placement, batches: Sequence[dict[str, np.ndarr
     (127 x scale), and the range of its weights with the spread of the per-channel maxima."""
     from onnx import numpy_helper
 
-    from xtrt.model.split import find_plugin_nodes, split_model
+    from xtrt.model.split import runnable_body, with_outputs
     from xtrt.quant.export import export_qdq
     from xtrt.runtime.session import make_session
 
-    body = split_model(model).body if find_plugin_nodes(model) else model
+    body = runnable_body(model)
     by_name = {n.name: n for n in body.graph.node}
     layers = [n for n in placement.quantize if n in by_name and by_name[n].output]
     inits = {i.name: i for i in body.graph.initializer}
@@ -238,8 +225,8 @@ def layer_statistics(model, cal, placement, batches: Sequence[dict[str, np.ndarr
     ins = list(dict.fromkeys(by_name[n].input[0] for n in layers if by_name[n].input[0] not in inits))
     graph_inputs = {i.name for i in body.graph.input}
     fp_names = list(dict.fromkeys(outs + [t for t in ins if t not in graph_inputs]))
-    fp = make_session(_with_outputs(body, fp_names), device)
-    q = make_session(_with_outputs(export_qdq(body, cal, placement), outs), device)
+    fp = make_session(with_outputs(body, fp_names), device)
+    q = make_session(with_outputs(export_qdq(body, cal, placement), outs), device)
     acc = {t: np.zeros(4) for t in outs}                       # dot, |fp|^2, |q|^2, |fp-q|^2
     rng = {t: [np.inf, -np.inf] for t in ins}
     for feeds in batches:
