@@ -88,7 +88,9 @@ def write_outputs(stage: Path, out_dir: Path, cfg, prepared, cal, placement, qmo
                         "requested": cfg.calibration.method,
                         "method_search": search, "seconds": timings.get("calibrate"),
                         "engine": cal_engine,
-                        "lsq": cfg.quantization.lsq.enabled},
+                        "lsq": cfg.quantization.lsq.enabled,
+                        "effort": cfg.quantization.effort,
+                        "techniques": getattr(cal, "techniques", {})},
         "outputs": ev_int8.outputs,
         "task": _task_rows(ev_int8, ev_sim),
         "ppq_simulation": {"outputs": {k: {"sqnr_db": v["sqnr_db"], "cosine": v["cosine"]}

@@ -78,12 +78,14 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     from xtrt.model.load import dims_of, load_model
     from xtrt.model.prepare import prepare_model
     from xtrt.quant import export as ex
+    from xtrt.quant import techniques
     from xtrt.quant.placement import plan_placement
     from xtrt.quant.verify import evaluate, metric_value, prepare_eval
     from xtrt.runtime.split import SplitRunner
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    cfg = techniques.resolve(cfg)  # quantization.effort fills what the config leaves unset
 
     def lap(name: str, t0: float) -> None:
         timings[name] = round(time.perf_counter() - t0, 3)
@@ -124,11 +126,9 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
                                exclude_op_types=cfg.quantization.exclude_op_types,
                                keep_decode_fp32=cfg.quantization.keep_decode_fp32,
                                plugin_tail=prepared.tail_nodes)
-    lsq = None
-    if cfg.quantization.lsq.enabled:
-        lsq = {"steps": cfg.quantization.lsq.steps, "lr": cfg.quantization.lsq.lr,
-               "block_size": cfg.quantization.lsq.block_size}
-    cal, engine, stats = _calibrate(cfg, prepared, placement, cal_batches, lsq, progress)
+    eq_info = techniques.before_calibration(cfg, prepared)
+    cal, engine, stats = _calibrate(cfg, prepared, placement, cal_batches, None, progress)
+    cal.techniques = {"equalization": eq_info} if eq_info else {}
     lap("calibrate", t0)
     placement.quantize = [n for n in placement.quantize if n in set(cal.quantized_ops)]
 
@@ -164,12 +164,16 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
         return evaluate(runner.run, ed, rtol=cfg.evaluation.rtol, atol=cfg.evaluation.atol)
 
     search = None
-    if stats:
+    if stats and not cfg.quantization.per_tensor:
         t1 = time.perf_counter()
         search = _method_search(cal, stats, prepared, placement, eval_model, ex)
         lap("method_search", t1)
         qmodel = ex.export_qdq(prepared.model, cal, placement)
         qmodel_all_int8 = qmodel
+    t1 = time.perf_counter()
+    if techniques.after_calibration(cfg, cal, stats, cal_batches, progress=progress):
+        qmodel = qmodel_all_int8 = ex.export_qdq(prepared.model, cal, placement)
+    lap("techniques", t1)
     ev_int8 = eval_model(qmodel)
     n_out = len(prepared.output_names)
     ev_sim = evaluate(lambda feeds: ppq_backend.simulate(cal, feeds, device=cfg.device)[:n_out],
@@ -276,7 +280,10 @@ def _calibrate(cfg, prepared, placement, cal_batches, lsq, progress):
     tensors = _placed_activations(prepared.model, placement)
     feeds = [b.feeds for b in cal_batches]
     bar = "calibration statistics" if progress else None
-    methods = FAST_METHODS if method == "auto" else (method,)
+    per_tensor = bool(cfg.quantization.per_tensor)
+    methods = FAST_METHODS if method == "auto" or per_tensor else (method,)
+    if per_tensor and method != "auto":   # the configured method first: the starting scales
+        methods = (method, *[m for m in FAST_METHODS if m != method])
     stats: dict[str, dict] = {}
     for m in methods:
         if m in ("percentile", "minmax"):
@@ -290,7 +297,8 @@ def _calibrate(cfg, prepared, placement, cal_batches, lsq, progress):
                                 fp32_ops=list(placement.keep_float), lsq=None, progress=progress,
                                 act_ranges=stats[first].get("ranges"),
                                 act_hists=stats[first].get("hists"))
-    return cal, "onnxruntime statistics + PPQ scale rule", (stats if method == "auto" else {})
+    return cal, "onnxruntime statistics + PPQ scale rule", (
+        stats if method == "auto" or per_tensor else {})
 
 
 def _method_search(cal, stats, prepared, placement, eval_model, ex) -> dict:
