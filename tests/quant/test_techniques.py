@@ -181,7 +181,6 @@ def test_quant_run_with_passes_writes_what_ppq_simulates(tmp_path):
     from tests.conftest import make_images, write_config
     from xtrt.cli import run_main
     from xtrt.quant.__main__ import main
-    from xtrt.runtime.session import make_session
 
     make_classifier(tmp_path / "tiny.onnx")
     make_images(tmp_path / "images", n=12)
@@ -197,5 +196,7 @@ def test_quant_run_with_passes_writes_what_ppq_simulates(tmp_path):
     tech = report["calibration"]["techniques"]
     assert {"lsq", "bias_correction"} <= set(tech["passes"]) and tech["per_tensor"]["layers"] > 0
     assert tech["equalization"]["pairs"] >= 1
-    sess = make_session(str(tmp_path / "out" / "quantized.onnx"), "cpu", optimization="disable")
-    assert sess is not None
+    # the written model scores what PPQ's simulation scores (ORT's fused kernels: within 0.5 dB)
+    for name, out in report["outputs"].items():
+        sim = report["ppq_simulation"]["outputs"][name]["sqnr_db"]
+        assert abs(out["sqnr_db"] - sim) < 0.5, (name, out["sqnr_db"], sim)
