@@ -124,6 +124,7 @@ class Config:
     model: str = ""
     output_dir: Optional[str] = None    # default: <config dir>/xtrt_out/<model stem>
     device: Literal["cpu", "cuda"] = "cpu"
+    workers: Optional[int] = None       # image decode threads (default: cores, at most 8; 1: serial)
     plugins: list[str] = field(default_factory=list)
     input: InputConfig = field(default_factory=InputConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -141,7 +142,7 @@ class Config:
         return p if p.is_absolute() else Path(self.base_dir) / p
 
 
-_POSITIVE = {"steps", "batch_size", "count", "max_trials", "layers_per_trial", "analysis_steps",
+_POSITIVE = {"steps", "workers", "batch_size", "count", "max_trials", "layers_per_trial", "analysis_steps",
              "layerwise_steps",
              "block_size"}
 
