@@ -335,3 +335,20 @@ def test_auto_method_reports_every_candidate_and_keeps_the_best(tiny_run):
     best = max(search["candidates"], key=lambda c: (c["task_metric"], c["sqnr_db"]))
     assert search["chosen"] == best["method"] == rep["calibration"]["method"]
     assert rep["task"]["top1_agreement"] == pytest.approx(best["task_metric"])
+
+
+def test_summary_says_what_the_figures_were_judged_on(tmp_path, tiny_config, capsys):
+    # 12 images, 4 x 2 for calibration: 4 held out
+    assert run(["--config", str(tiny_config), "-q"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "judged on 4 held-out images" in line
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["summary"]["judged_on"] == "4 held-out images"
+    assert rep["summary"]["calibration_images"] == 8 and rep["summary"]["held_out_images"] == 4
+    # every image used for calibration: the figures are judged on them, and the summary says so
+    edit(tiny_config, calibration__steps=6)
+    assert run(["--config", str(tiny_config), "-q"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "judged on 12 calibration images" in line and "held-out" not in line
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["summary"]["held_out_images"] == 0
