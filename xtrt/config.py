@@ -86,6 +86,10 @@ class EvaluationConfig:
     iou_threshold: float = 0.45
     rtol: float = 1e-2
     atol: float = 1e-3
+    # share of the held-out images used for choices (auto's method, the fallback); the rest is the
+    # test part the report's figures come from.  0: choices and report on the same images (said so)
+    selection_share: float = 0.5
+    min_held_out: int = 30              # fewer held-out images than this: the report warns
 
 
 @dataclass
@@ -244,6 +248,9 @@ def _check(cfg: Config) -> None:
         if v is not None and len(v) not in (1, 3):
             raise ConfigError(f"preprocess.{name}: needs 1 or 3 values, got {len(v)}",
                               f"write preprocess.{name}: [0.5, 0.5, 0.5]")
+    if not 0 <= cfg.evaluation.selection_share < 1:
+        raise ConfigError(f"evaluation.selection_share: {cfg.evaluation.selection_share} is not "
+                          "in [0, 1)", "use e.g. 0.5 (half the held-out images for choices)")
     if cfg.analysis.target is not None and not 0 <= cfg.analysis.target.max_drop < 1e3:
         raise ConfigError("analysis.target.max_drop must be >= 0", "use e.g. 0.01")
 

@@ -67,3 +67,17 @@ def test_job_fails_on_data_before_any_work(tmp_path, tiny_model):
                            base_dir=tmp_path)
     with pytest.raises(DataError, match="does not exist"):
         QuantJob.from_config(cfg)
+
+
+def test_selection_and_test_parts_are_disjoint_and_interleaved():
+    from xtrt.quant.job import split_selection_test
+
+    files = [f"f{i}" for i in range(10)]
+    sel, test = split_selection_test(files, 0.5)
+    assert len(sel) == 5 and len(test) == 5 and not set(sel) & set(test)
+    assert sorted(sel + test) == sorted(files)
+    assert sel[0] == "f0" and sel[-1] == "f8"          # spread over the list, not its first half
+    sel, test = split_selection_test(files, 0.3)
+    assert len(sel) == 3 and len(test) == 7
+    assert split_selection_test(files, 0.0) == ([], files)
+    assert split_selection_test(["a"], 0.5) == ([], ["a"])

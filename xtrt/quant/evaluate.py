@@ -57,7 +57,7 @@ class Evaluator:
         self.data.close()
 
 
-def build_evaluator(job, prepared, source) -> Evaluator:
+def build_evaluator(job, prepared, source, *, kind: str | None = None) -> Evaluator:
     """Run the source model once over ``source`` (held-out batches) and keep its outputs."""
     from xtrt.data.store import BatchStore
     from xtrt.model.load import dims_of, load_model
@@ -76,6 +76,6 @@ def build_evaluator(job, prepared, source) -> Evaluator:
     if cfg.evaluation.labels and task == "classification":
         from xtrt.analysis.classify import load_labels
         ed.labels = load_labels(str(cfg.path(cfg.evaluation.labels)), store.paths)
-    kind = "calibration" if job.judged_on_calibration else "held-out"
+    kind = kind or ("calibration" if job.judged_on_calibration else "held-out")
     return Evaluator(ed, cfg.device, cfg.evaluation.rtol, cfg.evaluation.atol,
                      f"{ed.count} {kind} images")

@@ -14,12 +14,9 @@ from typing import Sequence
 from xtrt.config import Config
 from xtrt.errors import ConfigError, DataError
 
-__all__ = ["QuantJob", "MIN_HELD_OUT"]
+__all__ = ["QuantJob", "split_selection_test"]
 
 log = logging.getLogger(__name__)
-
-#: below this many held-out images the report says what the figures were judged on
-MIN_HELD_OUT = 30
 
 
 @dataclass
@@ -33,6 +30,9 @@ class QuantJob:
     plugins: list[Path] = field(default_factory=list)
     calibration_files: list[Path] = field(default_factory=list)
     heldout_files: list[Path] = field(default_factory=list)
+    #: the part of the held-out files that choices (auto's method, the fallback) are made on;
+    #: empty: choices are made on ``heldout_files`` too
+    selection_files: list[Path] = field(default_factory=list)
     #: the held-out images are the calibration images (none left over)
     judged_on_calibration: bool = False
     progress: bool = True
@@ -58,13 +58,17 @@ class QuantJob:
                                   "give --plugin a path relative to the working directory, or "
                                   "plugins: in the config relative to the config file")
         cal, held = _split_files(cfg)
+        selection: list[Path] = []
+        if held and _makes_choices(cfg):
+            selection, held = split_selection_test(held, cfg.evaluation.selection_share)
         out_dir = _output_dir(cfg)
         from xtrt.quant.outputs import claim_output_dir
 
         claim = claim_output_dir(out_dir)
         return cls(cfg=cfg, model_path=model_path, output_dir=out_dir, stage=claim.stage,
                    plugins=plugins, calibration_files=cal, heldout_files=held or list(cal),
-                   judged_on_calibration=not held, progress=progress, _claim=claim)
+                   selection_files=selection, judged_on_calibration=not held,
+                   progress=progress, _claim=claim)
 
     def bar(self, text: str) -> str | None:
         """A progress-bar title, or None when progress is off."""
@@ -75,6 +79,29 @@ class QuantJob:
         if self._claim is not None:
             self._claim.release()
             self._claim = None
+
+
+def _makes_choices(cfg: Config) -> bool:
+    """Whether the run chooses anything on held-out images (auto's method, a fallback)."""
+    from xtrt.quant.calibrate import plan_method
+
+    return plan_method(cfg).searches or cfg.analysis.target is not None
+
+
+def split_selection_test(files: Sequence[Path], share: float) -> tuple[list[Path], list[Path]]:
+    """``(selection, test)``: every k-th file for choices, the rest for the report's figures.
+
+    Interleaved rather than cut in two, so frames of one video or photos of one folder land on
+    both sides.  ``share`` 0 (or fewer than 2 files): no selection part.
+    """
+    files = list(files)
+    n_sel = int(round(len(files) * share))
+    if share <= 0 or len(files) < 2 or n_sel < 1:
+        return [], files
+    n_sel = min(n_sel, len(files) - 1)
+    picks = {int(i * len(files) / n_sel) for i in range(n_sel)}
+    return ([f for i, f in enumerate(files) if i in picks],
+            [f for i, f in enumerate(files) if i not in picks])
 
 
 def _output_dir(cfg: Config) -> Path:
@@ -107,7 +134,8 @@ def _split_files(cfg: Config) -> tuple[list[Path], list[Path]]:
     if not held:
         log.warning("no held-out images left for verification; judging on the %d calibration "
                     "images (set evaluation.data or add images)", len(cal))
-    elif len(held) < MIN_HELD_OUT:
-        log.warning("only %d held-out images: figures judged on so few are noisy (add images or "
-                    "set evaluation.data)", len(held))
+    elif len(held) < cfg.evaluation.min_held_out:
+        log.warning("only %d held-out images (evaluation.min_held_out: %d): figures judged on so "
+                    "few are noisy (add images or set evaluation.data)", len(held),
+                    cfg.evaluation.min_held_out)
     return cal, held

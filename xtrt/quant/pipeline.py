@@ -81,10 +81,13 @@ def _run(job) -> QuantResult:
     with t("verify"):
         evaluator = build_evaluator(job, prepared, batches(
             job, prepared, job.heldout_files, cfg.evaluation.batch_size, "held-out data"))
+        selector = evaluator if not job.selection_files else build_evaluator(
+            job, prepared, batches(job, prepared, job.selection_files, cfg.evaluation.batch_size,
+                                   "selection data"), kind="selection")
     try:
         with t("method_search"):
             search = choose_method(calibrated, lambda c: export_qdq(prepared.model, c.result,
-                                                                   placement), evaluator)
+                                                                   placement), selector)
         with t("export"):
             qmodel = export_qdq(prepared.model, calibrated.result, placement)
         with t("verify"):
@@ -99,20 +102,26 @@ def _run(job) -> QuantResult:
             scatter = _scatter(prepared, qmodel, analysis.worst, evaluator, cfg.device,
                                worst_layer_values)
         with t("fallback"):
-            fb = run_target_fallback(cfg, prepared, calibrated, analysis, evaluator, ev_int8)
+            first = ev_int8 if selector is evaluator else selector.evaluate_model(qmodel) \
+                if cfg.analysis.target is not None else None
+            fb = run_target_fallback(cfg, prepared, calibrated, analysis, selector, first)
         final_placement, final_eval, final_model = placement, ev_int8, qmodel
         if fb is not None and fb.qmodel is not None:
-            final_placement, final_eval, final_model = fb.placement, fb.evaluation, fb.qmodel
+            final_placement, final_model = fb.placement, fb.qmodel
+            final_eval = fb.evaluation if selector is evaluator else \
+                evaluator.evaluate_model(fb.qmodel)
         if fb is None:
             t.pop("fallback", None)
         rec = RunRecord(job=job, prepared=prepared, calibrated=calibrated,
                         placement=final_placement, qmodel=final_model, evaluation=final_eval,
-                        simulation=ev_sim, judged_on=evaluator.judged_on, task=evaluator.data.task,
+                        simulation=ev_sim, judged_on=evaluator.judged_on,
+                        chosen_on=selector.judged_on if (search or fb) else None, task=evaluator.data.task,
                         analysis=analysis, fallback=fb.result if fb else None, search=search,
                         timings=dict(t), scatter=scatter)
         return write_outputs(rec)
     finally:
         evaluator.close()
+        selector.close()
 
 
 def prepare(job):

@@ -28,7 +28,8 @@ class RunRecord:
     qmodel: object               # the model written as quantized.onnx
     evaluation: object           # its evaluation (xtrt.quant.verify.Evaluation)
     simulation: object           # PPQ's simulation's evaluation
-    judged_on: str
+    judged_on: str               # what the report's figures were computed on
+    chosen_on: str               # what the choices (method, fallback) were made on
     task: str
     analysis: object             # xtrt.quant.analyse.Analysis
     fallback: object | None      # xtrt.analysis.fallback.FallbackResult
