@@ -19,9 +19,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from xtrt.trt.rules import WEIGHTED_OP_TYPES, attr as _attr, weight_axis as _rule_axis
+
 __all__ = ["Finding", "COMPUTE_OPS", "lint_qdq", "errors", "summarize"]
 
-COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+COMPUTE_OPS = WEIGHTED_OP_TYPES
 SEVERITIES = ("error", "warning", "info")
 # ops TensorRT looks through between a weight's DequantizeLinear and its consumer
 _PASS_THROUGH = {"Identity", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"}
@@ -107,29 +109,6 @@ class _Graph:
         return None
 
 
-def _attr(node, name: str, default=None):
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
-def _weight_axis(node, rank: int) -> int | None:
-    """The output-channel axis of ``node``'s weight (input 1), or None when unknown."""
-    op = node.op_type
-    if op == "Conv":
-        return 0
-    if op == "ConvTranspose":
-        return 1
-    if op == "Gemm":
-        return 0 if _attr(node, "transB", 0) else 1
-    if op == "MatMul":
-        return rank - 1 if rank >= 2 else None
-    return None
-
-
 def _check_compute(g: _Graph, node, float_nodes: set[str], strict: bool) -> list[Finding]:
     label = g.label(node)
     op = node.op_type
@@ -169,7 +148,7 @@ def _check_compute(g: _Graph, node, float_nodes: set[str], strict: bool) -> list
         if data is None or g.producer.get(name) is not dq:
             continue  # shape unknown, or reshaped on the way: cannot map axes reliably
         rank = data.ndim
-        want = _weight_axis(node, rank)
+        want = _rule_axis(node, rank, list(node.input).index(name))
         axis = int(_attr(dq, "axis", 1))
         axis = axis + rank if axis < 0 else axis
         if want is not None and axis != want:

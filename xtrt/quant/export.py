@@ -19,6 +19,7 @@ from typing import Iterable
 import numpy as np
 
 from xtrt.errors import QuantizationError
+from xtrt.trt.rules import QMAX, weight_axis, weight_scale
 
 __all__ = ["QUANT_CFG_SCHEMA_VERSION", "TRT_CACHE_VERSION", "export_qdq", "tensor_scales",
            "calibration_cache_text", "parse_calibration_cache", "dynamic_ranges", "quant_cfg"]
@@ -27,29 +28,6 @@ log = logging.getLogger(__name__)
 
 QUANT_CFG_SCHEMA_VERSION = 1
 TRT_CACHE_VERSION = "8601"  # the header number TensorRT 8.6 writes; the line format is unchanged in 10.x
-QMAX = 127.0
-
-
-def _output_channel_axis(node, weight_rank: int) -> int:
-    from onnx import helper
-
-    if node.op_type == "ConvTranspose":
-        return 1
-    if node.op_type == "Gemm":
-        trans_b = next((helper.get_attribute_value(a) for a in node.attribute
-                        if a.name == "transB"), 0)
-        return 0 if trans_b else 1
-    if node.op_type == "MatMul":
-        return weight_rank - 1
-    return 0
-
-
-def _weight_scale(w: np.ndarray, axis: int) -> np.ndarray:
-    red = tuple(i for i in range(w.ndim) if i != axis)
-    amax = np.abs(w).max(axis=red) if red else np.abs(w)
-    return np.maximum(amax / QMAX, 1e-12).astype(np.float32)
-
-
 def tensor_scales(model, cal, placement) -> dict[str, float]:
     """Activation tensor name -> scale, for the placed nodes (what the side files describe)."""
     by_name = {n.name: n for n in model.graph.node}
@@ -99,10 +77,10 @@ def export_qdq(model, cal, placement):
                     w = cal.weights.get(t)
                     if w is None:
                         w = numpy_helper.to_array(inits[t]).astype(np.float32)
-                    axis = _output_channel_axis(node, w.ndim)
+                    axis = weight_axis(node, w.ndim, i)
                     got = cal.weight_scales.get((node.name, i))
                     scale = got[0] if got is not None and got[1] == axis and \
-                        got[0].size == w.shape[axis] else _weight_scale(w, axis)
+                        got[0].size == w.shape[axis] else weight_scale(w, axis)
                     shape = [1] * w.ndim
                     shape[axis] = -1
                     q = np.clip(np.rint(w / scale.reshape(shape)), -128, 127).astype(np.int8)

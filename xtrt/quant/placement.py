@@ -23,15 +23,15 @@ from typing import Sequence
 import numpy as np
 
 from xtrt.errors import ConfigError
+from xtrt.trt.rules import INT8_OP_TYPES, WEIGHTED_OP_TYPES
 
 __all__ = ["QUANTIZABLE_OP_TYPES", "Placement", "plan_placement", "find_decode_tail",
            "resolve_exclusions"]
 
 log = logging.getLogger(__name__)
 
-QUANTIZABLE_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool",
-                        "GlobalAveragePool")
-_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+QUANTIZABLE_OP_TYPES = INT8_OP_TYPES
+_WEIGHTED = WEIGHTED_OP_TYPES
 HEAVY_WEIGHT_ELEMENTS = 1024  # a DFL "integral" conv has 16; real layers have thousands
 
 
