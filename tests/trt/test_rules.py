@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from xtrt.trt import rules
 
@@ -63,4 +63,3 @@ def test_commutes():
     assert not rules.commutes(helper.make_node("Pad", ["x", "p", "v1"], ["y"]), zero)
     assert not rules.commutes(helper.make_node("Pad", ["x", "p"], ["y"], mode="reflect"), zero)
     assert not rules.commutes(helper.make_node("Sigmoid", ["x"], ["y"]))
-    del numpy_helper
