@@ -21,113 +21,114 @@ import numpy as np
 from xtrt.errors import QuantizationError
 from xtrt.trt.rules import QMAX, weight_axis, weight_scale
 
-__all__ = ["QUANT_CFG_SCHEMA_VERSION", "TRT_CACHE_VERSION", "export_qdq", "tensor_scales",
+__all__ = ["QUANT_CFG_SCHEMA_VERSION", "TRT_CACHE_VERSION", "export_qdq", "tensor_scales", "plan_for",
            "calibration_cache_text", "parse_calibration_cache", "dynamic_ranges", "quant_cfg"]
 
 log = logging.getLogger(__name__)
 
 QUANT_CFG_SCHEMA_VERSION = 1
 TRT_CACHE_VERSION = "8601"  # the header number TensorRT 8.6 writes; the line format is unchanged in 10.x
+def plan_for(model, placement):
+    """The tensor-level plan of ``placement`` on ``model`` (rebuilt: placement lists change after
+    calibration and in fallback trials); also stored as ``placement.tensors``."""
+    from xtrt.quant.tensor_plan import build_tensor_plan
+
+    plan = build_tensor_plan(model, placement)
+    placement.tensors = plan
+    return plan
+
+
 def tensor_scales(model, cal, placement) -> dict[str, float]:
-    """Activation tensor name -> scale, for the placed nodes (what the side files describe)."""
-    by_name = {n.name: n for n in model.graph.node}
-    out: dict[str, float] = {}
-    for node_name in placement.quantize:
-        node = by_name.get(node_name)
-        if node is None:
-            continue
-        for i, t in enumerate(node.input):
-            s = cal.act_scales.get((node_name, i))
-            if s is not None and t:
-                out.setdefault(t, float(s))
-    return out
+    """Activation tensor -> scale of every tensor the export reads through Q/DQ (the group's
+    shared scale; what the side files describe)."""
+    from xtrt.quant.tensor_plan import group_scales
+
+    return group_scales(plan_for(model, placement), cal.act_scales)
 
 
-def export_qdq(model, cal, placement):
-    """Return a copy of the prepared ``model`` with Q/DQ written per ``placement``.
+def _weight_dq(t: str, w: np.ndarray, axis, got, helper, numpy_helper):
+    """INT8 initializer, scale, zero point and the DequantizeLinear node of weight ``t``."""
+    scale = got[0] if got is not None and axis is not None and got[1] == axis and \
+        got[0].size == w.shape[axis] else weight_scale(w, axis)
+    shape = [1] * w.ndim
+    if axis is not None:
+        shape[axis] = -1
+    q = np.clip(np.rint(w / scale.reshape(shape)), -QMAX, QMAX).astype(np.int8)
+    qname, sname, zname = f"{t}_int8", f"{t}_scale", f"{t}_zero_point"
+    inits = [numpy_helper.from_array(q, qname),
+             numpy_helper.from_array(scale.astype(np.float32), sname),
+             numpy_helper.from_array(np.zeros(scale.shape, np.int8), zname)]
+    kw = {"axis": axis} if axis is not None else {}
+    node = helper.make_node("DequantizeLinear", [qname, sname, zname], [f"{t}_dequantized"],
+                            name=f"{t}_DequantizeLinear", **kw)
+    return inits, node
+
+
+def export_qdq(model, cal, placement, *, only_placed: bool = False):
+    """Return a copy of the prepared ``model`` with Q/DQ written per ``placement``'s tensor plan
+    (:mod:`xtrt.quant.tensor_plan`): one Q/DQ pair per site tensor at its group's shared scale,
+    INT8 weights with per-output-channel DequantizeLinear, float biases.
+
+    ``only_placed``: rewire only the inputs of ``placement.quantize`` nodes (the layer-wise
+    analysis switches exactly those), not the Concat/commuting/residual sites.
 
     Raises QuantizationError if a placed node has no calibrated scale for its activation input.
     """
     import onnx
     from onnx import helper, numpy_helper
 
+    from xtrt.quant.tensor_plan import group_scales
+
+    plan = plan_for(model, placement)
+    scales = group_scales(plan, cal.act_scales)
+    place = set(placement.quantize)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
     inits = {i.name: i for i in g.initializer}
-    place = set(placement.quantize)
+    by_name = {n.name: n for n in g.node}
     new_inits: list = []
-    qdq_for_tensor: dict[tuple[str, float], str] = {}
-    dq_for_weight: dict[str, str] = {}
     pending: dict[str, list] = defaultdict(list)   # consumer node name -> Q/DQ nodes to emit first
-    missing = []
-
-    def scalar(name, value, dtype):
-        new_inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
-        return name
-
-    for node in g.node:
-        if node.name not in place:
-            continue
-        for i, t in enumerate(list(node.input)):
-            if not t:
-                continue
-            if t in inits and (node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")) and i == 1:
-                if t not in dq_for_weight:
-                    w = cal.weights.get(t)
-                    if w is None:
-                        w = numpy_helper.to_array(inits[t]).astype(np.float32)
-                    axis = weight_axis(node, w.ndim, i)
-                    got = cal.weight_scales.get((node.name, i))
-                    scale = got[0] if got is not None and got[1] == axis and \
-                        got[0].size == w.shape[axis] else weight_scale(w, axis)
-                    shape = [1] * w.ndim
-                    shape[axis] = -1
-                    q = np.clip(np.rint(w / scale.reshape(shape)), -128, 127).astype(np.int8)
-                    qname, sname, zname = f"{t}_int8", f"{t}_scale", f"{t}_zero_point"
-                    new_inits.append(numpy_helper.from_array(q, qname))
-                    new_inits.append(numpy_helper.from_array(scale.astype(np.float32), sname))
-                    new_inits.append(numpy_helper.from_array(np.zeros(scale.size, np.int8), zname))
-                    dq_out = f"{t}_dequantized"
-                    pending[node.name].append(helper.make_node(
-                        "DequantizeLinear", [qname, sname, zname], [dq_out],
-                        name=f"{t}_DequantizeLinear", axis=axis))
-                    dq_for_weight[t] = dq_out
-                node.input[i] = dq_for_weight[t]
-                continue
-            if t in inits:
-                continue  # biases and other constants stay float
-            s = cal.act_scales.get((node.name, i))
-            if s is None:
-                missing.append(f"{node.name}:{i}")
-                continue
-            key = (t, float(s))
-            if key not in qdq_for_tensor:
-                k = sum(1 for kk in qdq_for_tensor if kk[0] == t)
-                suffix = f"_{k}" if k else ""
-                sname = scalar(f"{t}_act_scale{suffix}", s, np.float32)
-                zname = scalar(f"{t}_act_zero_point{suffix}", 0, np.int8)
-                qn = helper.make_node("QuantizeLinear", [t, sname, zname], [f"{t}_quantized{suffix}"],
-                                      name=f"{t}_QuantizeLinear{suffix}")
-                dqn = helper.make_node("DequantizeLinear", [f"{t}_quantized{suffix}", sname, zname],
-                                       [f"{t}_dequantized{suffix}"],
-                                       name=f"{t}_DequantizeLinear{suffix}")
-                pending[node.name].extend([qn, dqn])
-                qdq_for_tensor[key] = f"{t}_dequantized{suffix}"
-            node.input[i] = qdq_for_tensor[key]
+    missing = [f"{n}:{i}" for t, rs in plan.sites.items() if t not in scales
+               for n, i in rs if n in place]
     if missing:
         raise QuantizationError(f"no calibrated scale for {len(missing)} placed input(s), e.g. "
                                 f"{missing[0]}", "exclude that node (quantization.exclude_nodes) "
                                 "or report the model to xtrt")
+    for t, spec in plan.weights.items():
+        w = cal.weights.get(t)
+        if w is None:
+            w = numpy_helper.to_array(inits[t]).astype(np.float32)
+        w_inits, dq = _weight_dq(t, w, spec.axis, cal.weight_scales.get((spec.node, spec.index)),
+                                 helper, numpy_helper)
+        new_inits += w_inits
+        readers = [(n.name, i) for n in g.node for i, x in enumerate(n.input) if x == t
+                   and n.name in place]
+        pending[readers[0][0]].append(dq)
+        for n, i in readers:
+            by_name[n].input[i] = dq.output[0]
+    for t, readers in plan.sites.items():
+        readers = [r for r in readers if r[0] in place] if only_placed else readers
+        if not readers or t not in scales:
+            continue
+        sname, zname = f"{t}_act_scale", f"{t}_act_zero_point"
+        new_inits += [numpy_helper.from_array(np.asarray(scales[t], np.float32), sname),
+                      numpy_helper.from_array(np.asarray(0, np.int8), zname)]
+        qn = helper.make_node("QuantizeLinear", [t, sname, zname], [f"{t}_quantized"],
+                              name=f"{t}_QuantizeLinear")
+        dqn = helper.make_node("DequantizeLinear", [f"{t}_quantized", sname, zname],
+                               [f"{t}_dequantized"], name=f"{t}_DequantizeLinear")
+        pending[readers[0][0]].extend([qn, dqn])
+        for n, i in readers:
+            by_name[n].input[i] = dqn.output[0]
     nodes = []
     for node in g.node:
         nodes.extend(pending.get(node.name, []))
         nodes.append(node)
     del g.node[:]
     g.node.extend(nodes)
-    used_weights = set(dq_for_weight)
     still_used = {i for n in g.node for i in n.input}
-    keep = [i for i in g.initializer if not (i.name in used_weights and i.name not in still_used)]
+    keep = [i for i in g.initializer if not (i.name in plan.weights and i.name not in still_used)]
     del g.initializer[:]
     g.initializer.extend(keep + new_inits)
     del g.value_info[:]

@@ -30,8 +30,9 @@ def switchable_model(model, cal, placement):
     from xtrt.model.split import runnable_body
     from xtrt.quant.export import export_qdq
 
-    q = runnable_body(export_qdq(model, cal, placement))
+    q = runnable_body(export_qdq(model, cal, placement, only_placed=True))
     g = q.graph
+    source = {n.name: n for n in model.graph.node}
     by_out = {o: n for n in g.node for o in n.output}
     switches: dict[str, str] = {}
     new_nodes = []
@@ -48,9 +49,10 @@ def switchable_model(model, cal, placement):
                     continue
                 # the float value the Q/DQ pair (or the INT8 weight) replaces
                 if dq.input[0] in {init.name for init in g.initializer}:   # weight: int8 init
-                    base = t[:-len("_dequantized")] if t.endswith("_dequantized") else None
-                    if base is None:
+                    src = source.get(node.name)
+                    if src is None or i >= len(src.input):
                         continue
+                    base = src.input[i]                 # the float weight the export replaced
                     fl = f"{base}_float"
                     w = cal.weights.get(base)
                     if w is None:
