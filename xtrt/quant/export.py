@@ -177,5 +177,10 @@ def quant_cfg(scales: dict[str, float], placement, cal, *, config: dict, version
         "weights": {f"{node}:{i}": {"channels": int(v[0].size), "axis": int(v[1]),
                                     "scale_min": float(v[0].min()), "scale_max": float(v[0].max())}
                     for (node, i), v in cal.weight_scales.items() if node in set(placement.quantize)},
+        # the tensor-level plan: scale groups (shared scale = max of the members' amax), weight
+        # axes as exported, precision per node with the reason
+        "tensor_plan": placement.tensors.as_dict(scales) if placement.tensors is not None else None,
+        "side_files": "dynamic_range.json and calibration.cache serve TensorRT <= 10 (implicit "
+                      "quantization); TensorRT 11 and TensorRT-RTX read only quantized.onnx",
         "config": config,
     }
