@@ -120,6 +120,13 @@ class AnalysisConfig:
 
 
 @dataclass
+class ExportConfig:
+    # fp16: everything outside the Q/DQ pairs is FP16 in the ONNX (TensorRT 11 / TensorRT-RTX
+    # build strongly typed: float32 tensors run FP32), except nodes kept FP32 for a measured reason
+    float_precision: Literal["fp16", "fp32"] = "fp32"
+
+
+@dataclass
 class Config:
     model: str = ""
     output_dir: Optional[str] = None    # default: <config dir>/xtrt_out/<model stem>
@@ -131,6 +138,7 @@ class Config:
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     base_dir: str = field(default=".", metadata={"internal": True})
 
     def path(self, value: Optional[str]) -> Optional[Path]:

@@ -49,7 +49,8 @@ def check_output_dir(path: Path) -> Path:
 
 
 def write_outputs(stage: Path, out_dir: Path, cfg, prepared, cal, placement, qmodel, ev_int8, ev_sim,
-                   layers, fallback, timings, ed, qmodel_all_int8, cal_engine, search=None) -> QuantResult:
+                   layers, fallback, timings, ed, qmodel_all_int8, cal_engine, search=None,
+                   precision=None) -> QuantResult:
     import yaml
 
     from xtrt.model.load import save_model_atomic
@@ -98,6 +99,7 @@ def write_outputs(stage: Path, out_dir: Path, cfg, prepared, cal, placement, qmo
         "layers": layers,
         "fallback": fallback.as_dict() if fallback else None,
         "placement": placement.as_dict(),
+        "float_precision": precision,
         "timings_s": timings,
         "versions": versions,
     }

@@ -245,12 +245,18 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
             qmodel = ex.export_qdq(prepared.model, cal, placement)
         lap("fallback", t0)
 
+    # 5b. float precision outside the Q/DQ pairs (export.float_precision)
+    from xtrt.quant.precision import precision_stage
+    qmodel, chosen_eval, precision = precision_stage(
+        cfg.export.float_precision, qmodel, chosen_eval, [b.feeds for b in cal_batches[:2]],
+        eval_model, plugin_nodes=prepared.tail_nodes, device=cfg.device)
+
     # 6. write outputs (staged)
     stage = check_output_dir(out_dir)
     try:
         files = write_outputs(stage, out_dir, cfg, prepared, cal, placement, qmodel, chosen_eval,
                                ev_sim, layers, fallback, timings, ed,
-                               qmodel_all_int8, engine, search)
+                               qmodel_all_int8, engine, search, precision=precision)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
