@@ -21,7 +21,7 @@ import numpy as np
 
 from xtrt.trt.rules import WEIGHTED_OP_TYPES, attr as _attr, weight_axis as _rule_axis
 
-__all__ = ["Finding", "COMPUTE_OPS", "lint_qdq", "errors", "summarize"]
+__all__ = ["Finding", "COMPUTE_OPS", "lint_qdq", "errors", "summarize", "hazard_counts"]
 
 COMPUTE_OPS = WEIGHTED_OP_TYPES
 SEVERITIES = ("error", "warning", "info")
@@ -37,9 +37,13 @@ class Finding:
     node: str
     message: str
     check: str = ""
+    rule: str = ""
+    fix: str = ""
 
     def __str__(self) -> str:
-        return f"{self.severity.upper():7s} {self.node}: {self.message}"
+        extra = (f" [rule: {self.rule}]" if self.rule else "") + \
+            (f" (fix: {self.fix})" if self.fix else "")
+        return f"{self.severity.upper():7s} {self.node}: {self.message}{extra}"
 
 
 class _Graph:
@@ -205,13 +209,16 @@ def _check_qdq_node(g: _Graph, node) -> list[Finding]:
     return out
 
 
-def lint_qdq(model, *, float_nodes: Iterable[str] = (), strict: bool = False) -> list[Finding]:
+def lint_qdq(model, *, float_nodes: Iterable[str] = (), strict: bool = False,
+             strongly_typed: bool | None = None) -> list[Finding]:
     """Check a Q/DQ ONNX model's structure; see the module docstring.
 
     Args:
         model: an ``onnx.ModelProto`` (or a path to one).
         float_nodes: names of compute nodes that are float on purpose (reported as info).
         strict: report a compute node with no quantized input as an error, not a warning.
+        strongly_typed: report FP32 regions outside Q/DQ (None: when the model has float16
+            tensors, i.e. it was exported for a strongly-typed build).
 
     Returns:
         Findings ordered errors first, then warnings, then info (graph order within each).
@@ -220,6 +227,12 @@ def lint_qdq(model, *, float_nodes: Iterable[str] = (), strict: bool = False) ->
         from xtrt.model.load import load_model
 
         model = load_model(model)
+    import onnx
+
+    try:    # tensor types for the FP32-region check
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # plugin nodes or external data: the declared types are used
+        pass
     g = _Graph(model)
     floats = set(float_nodes)
     found: list[Finding] = []
@@ -232,14 +245,34 @@ def lint_qdq(model, *, float_nodes: Iterable[str] = (), strict: bool = False) ->
             found += _check_qdq_node(g, node)
         elif node.op_type in COMPUTE_OPS:
             found += _check_compute(g, node, floats, strict)
-    if not has_qdq:  # one finding, not one per layer
+    if has_qdq:
+        from xtrt.lint.hazards import check_hazards
+
+        found += check_hazards(g, model, Finding, strongly_typed=strongly_typed,
+                               declared_fp32=floats)
+    else:  # one finding, not one per layer; a model with no Q/DQ never passes
         n = sum(1 for node in g.nodes if node.op_type in COMPUTE_OPS)
-        found = [Finding("error" if strict else "warning", "<graph>",
+        found = [Finding("error", "<graph>",
                          f"the model has no QuantizeLinear/DequantizeLinear nodes: it is not "
                          f"explicitly quantized ({n} Conv/ConvTranspose/Gemm/MatMul nodes in float)",
                          "no_qdq")]
+    from dataclasses import replace
+
+    from xtrt.lint.hazards import RULES
+
+    found = [replace(f, rule=RULES[f.check][0], fix=RULES[f.check][1])
+             if f.check in RULES and f.severity != "info" and not f.rule else f for f in found]
     order = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(found, key=lambda f: order.get(f.severity, 9))  # stable: graph order kept
+
+
+def hazard_counts(findings: Sequence[Finding]) -> dict[str, int]:
+    """Errors and warnings per check (the hazards), in first-seen order."""
+    out: dict[str, int] = {}
+    for f in findings:
+        if f.severity in ("error", "warning"):
+            out[f.check or "other"] = out.get(f.check or "other", 0) + 1
+    return out
 
 
 def errors(findings: Sequence[Finding]) -> list[Finding]:

@@ -247,9 +247,12 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
 
     # 5b. float precision outside the Q/DQ pairs (export.float_precision)
     from xtrt.quant.precision import precision_stage
-    qmodel, chosen_eval, precision = precision_stage(
-        cfg.export.float_precision, qmodel, chosen_eval, [b.feeds for b in cal_batches[:2]],
-        eval_model, plugin_nodes=prepared.tail_nodes, device=cfg.device)
+    qmodel, precision = precision_stage(
+        cfg.export.float_precision, qmodel, [b.feeds for b in cal_batches[:2]], ed,
+        plugin_nodes=prepared.tail_nodes, device=cfg.device, rtol=cfg.evaluation.rtol,
+        atol=cfg.evaluation.atol)
+    if precision["float_precision"] == "fp16":
+        chosen_eval = eval_model(qmodel)
 
     # 6. write outputs (staged)
     stage = check_output_dir(out_dir)
