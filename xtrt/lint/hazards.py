@@ -73,12 +73,31 @@ def _same(a: float, b: float) -> bool:
 
 
 def _consumers(g) -> dict:
-    out = defaultdict(list)
+    """tensor -> [(node, input index)], looking through Cast nodes (the FP16 export's
+    DQ -> Cast -> layer and Cast -> Q, which TensorRT fuses)."""
+    direct = defaultdict(list)
     for n in g.nodes:
         for i, t in enumerate(n.input):
             if t:
+                direct[t].append((n, i))
+    out = defaultdict(list)
+    for t in list(direct):
+        stack = list(direct[t])
+        while stack:
+            n, i = stack.pop(0)
+            if n.op_type == "Cast":
+                stack.extend(direct.get(n.output[0], []))
+            else:
                 out[t].append((n, i))
     return out
+
+
+def _producer(g, t: str):
+    """The producer of ``t``, looking through Cast nodes."""
+    p = g.producer.get(t)
+    while p is not None and p.op_type == "Cast":
+        p = g.producer.get(p.input[0])
+    return p
 
 
 def _scale_mismatch(g, cons, F) -> list:
@@ -91,7 +110,7 @@ def _scale_mismatch(g, cons, F) -> list:
         data = data if is_cat else data[:1]
         ins = []
         for t in data:
-            p = g.producer.get(t)
+            p = _producer(g, t)
             ins.append(_scalar(g, p.input[1]) if p is not None and p.op_type == "DequantizeLinear"
                        and len(p.input) > 1 else None)
         outs = [_scalar(g, c.input[1]) for o in node.output for c, i in cons.get(o, [])
@@ -117,7 +136,7 @@ def _scale_mismatch(g, cons, F) -> list:
 def _outputs_and_pairs(g, cons, outputs, F) -> list:
     found = []
     for o in outputs:
-        p = g.producer.get(o)
+        p = _producer(g, o)
         if p is not None and p.op_type in ("QuantizeLinear", "DequantizeLinear"):
             found.append(F("error", g.label(p), f"graph output {o} is produced by {p.op_type} "
                            f"{g.label(p)}", "quantized_output"))

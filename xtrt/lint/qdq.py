@@ -76,7 +76,8 @@ class _Graph:
             node = self.producer[name]
             if node.op_type == "DequantizeLinear":
                 return node
-            if not allow_pass or node.op_type not in _PASS_THROUGH:
+            # a Cast (the FP16 export's DQ -> Cast -> layer) is fused by TensorRT
+            if node.op_type != "Cast" and (not allow_pass or node.op_type not in _PASS_THROUGH):
                 return None
             name, seen = node.input[0], seen + 1
         return None

@@ -84,6 +84,7 @@ class BuildReport:
     engine_bytes: int = 0
     seconds: float = 0.0
     log: list[str] = field(default_factory=list)
+    node_types: dict[str, str] = field(default_factory=dict)   # ONNX node -> op type
 
     @property
     def ok(self) -> bool:
@@ -99,19 +100,26 @@ class BuildReport:
         return sum(1 for layer in self.convolutions if layer.int8_input)
 
     @property
-    def int8_convolution_layers(self) -> list[TrtLayer]:
-        return [layer for layer in self.convolutions if layer.int8_input]
+    def int8_layers(self) -> list[TrtLayer]:
+        """Convolution and GEMM layers whose (first) input is Int8."""
+        return [layer for layer in self.layers if layer.int8_input and (
+            layer.is_convolution or layer.layer_type.lower() in ("gemm", "matrixmultiply"))]
 
     @property
     def fp32_islands(self) -> list[TrtLayer]:
-        """Layers running Float in and Float out outside the Int8 convolutions: what a
-        strongly-typed build runs in FP32 (layers made only of an Int8 convolution's own ONNX
-        nodes, its split epilogue, are not counted)."""
-        int8_nodes = {n for layer in self.int8_convolution_layers for n in layer.onnx_nodes}
+        """Layers running Float in and Float out outside the Int8 convolutions/GEMMs: what a
+        strongly-typed build runs in FP32.  A layer made only of an Int8 layer's own ONNX nodes
+        (its split epilogue) and of Q/DQ/Cast nodes is not counted."""
+        glue = {"QuantizeLinear", "DequantizeLinear", "Cast", "Identity"}
+        int8 = self.int8_layers
+        int8_nodes = {n for layer in int8 for n in layer.onnx_nodes}
+
+        def own(layer):
+            rest = {n for n in layer.onnx_nodes if self.node_types.get(n) not in glue}
+            return bool(layer.onnx_nodes) and rest <= int8_nodes
         return [layer for layer in self.layers
-                if layer not in self.int8_convolution_layers and "Float" in layer.input_types
-                and "Float" in layer.output_types
-                and not (layer.onnx_nodes and set(layer.onnx_nodes) <= int8_nodes)]
+                if layer not in int8 and "Float" in layer.input_types
+                and "Float" in layer.output_types and not own(layer)]
 
     @property
     def half_layers(self) -> list[TrtLayer]:
@@ -292,6 +300,9 @@ def build_with_trt_rtx(model, *, build_body_only: bool | None = False, max_batch
     trt = _import_trt()
     data, plugins = _model_bytes(model, build_body_only)
     report = BuildReport(body_only=bool(plugins) or bool(build_body_only), plugin_nodes=plugins)
+    import onnx
+
+    report.node_types = {n.name: n.op_type for n in onnx.load_from_string(data).graph.node}
 
     class _Logger(trt.ILogger):
         def __init__(self) -> None:
