@@ -136,19 +136,7 @@ def convert_fp16(model, keep_fp32: Mapping[str, str] | Sequence[str] = ()):
                 if t and types.get(t) == _FLOAT:
                     n.input[i] = as_type(t, _FLOAT)
         nodes.append(n)
-    # graph outputs keep float32: the producer writes <name>_fp16, a Cast restores the name
-    for o in g.output:
-        if types.get(o.name) == _FLOAT and have.get(o.name) == _HALF:
-            inner = f"{o.name}_fp16"
-            for n in nodes:
-                for i, t in enumerate(n.input):
-                    if t == o.name:
-                        n.input[i] = inner
-                for i, t in enumerate(n.output):
-                    if t == o.name:
-                        n.output[i] = inner
-            nodes.append(helper.make_node("Cast", [inner], [o.name], name=f"{o.name}_Cast",
-                                          to=_FLOAT))
+    _keep_output_types(g, nodes, types, have)
     del g.node[:]
     g.node.extend(_toposort(nodes, {i.name for i in g.input} | set(inits) |
                             {t.name for t in new_inits}))
@@ -158,6 +146,24 @@ def convert_fp16(model, keep_fp32: Mapping[str, str] | Sequence[str] = ()):
     g.initializer.extend(kept)
     del g.value_info[:]
     return out
+
+
+def _keep_output_types(g, nodes: list, types: dict, have: dict) -> None:
+    """Graph outputs keep float32: the producer writes ``<name>_fp16``, a Cast restores the name."""
+    from onnx import helper
+
+    for o in g.output:
+        if types.get(o.name) != _FLOAT or have.get(o.name) != _HALF:
+            continue
+        inner = f"{o.name}_fp16"
+        for n in nodes:
+            for i, t in enumerate(n.input):
+                if t == o.name:
+                    n.input[i] = inner
+            for i, t in enumerate(n.output):
+                if t == o.name:
+                    n.output[i] = inner
+        nodes.append(helper.make_node("Cast", [inner], [o.name], name=f"{o.name}_Cast", to=_FLOAT))
 
 
 def _retype_attrs(node) -> None:
