@@ -109,7 +109,8 @@ class BuildReport:
     def fp32_islands(self) -> list[TrtLayer]:
         """Layers running Float in and Float out outside the Int8 convolutions/GEMMs: what a
         strongly-typed build runs in FP32.  A layer made only of an Int8 layer's own ONNX nodes
-        (its split epilogue) and of Q/DQ/Cast nodes is not counted."""
+        (its split epilogue) and of Q/DQ/Cast nodes is not counted, nor one with no ONNX node
+        (:attr:`copy_layers`)."""
         glue = {"QuantizeLinear", "DequantizeLinear", "Cast", "Identity"}
         int8 = self.int8_layers
         int8_nodes = {n for layer in int8 for n in layer.onnx_nodes}
@@ -118,8 +119,14 @@ class BuildReport:
             rest = {n for n in layer.onnx_nodes if self.node_types.get(n) not in glue}
             return bool(layer.onnx_nodes) and rest <= int8_nodes
         return [layer for layer in self.layers
-                if layer not in int8 and "Float" in layer.input_types
+                if layer not in int8 and layer.onnx_nodes and "Float" in layer.input_types
                 and "Float" in layer.output_types and not own(layer)]
+
+    @property
+    def copy_layers(self) -> list[TrtLayer]:
+        """Kernels that carry no ONNX node (copies, reformats), shape calls excluded."""
+        return [layer for layer in self.layers if not layer.onnx_nodes
+                and (layer.input_types or layer.output_types)]
 
     @property
     def half_layers(self) -> list[TrtLayer]:
@@ -139,6 +146,7 @@ class BuildReport:
                 "fp32_islands": [{"layer": x.name, "type": x.layer_type,
                                   "onnx_nodes": x.onnx_nodes} for x in self.fp32_islands],
                 "half_layers": len(self.half_layers),
+                "copy_layers": len(self.copy_layers),
                 "layer_types": self.layer_types(),
                 "engine_layers": [{"layer": x.name, "type": x.layer_type,
                                    "in": x.input_types, "out": x.output_types,
