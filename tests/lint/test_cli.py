@@ -82,3 +82,14 @@ def test_trt_rtx_flag_builds_plugin_models_by_their_body_and_says_so(save, capsy
     assert "(body before plugin nodes batched_nms)" in out
     assert main([plugin, "--trt-rtx", "--body-only"]) == 0
     assert "(body before plugin nodes batched_nms)" in capsys.readouterr().out
+
+
+def test_hazards_line_and_strongly_typed_flag(save, capsys):
+    path = save(tm.qdq_conv_then_float_conv())
+    assert main([path]) == 0
+    assert "hazards: 1 (unquantized 1)" in capsys.readouterr().out
+    assert main([path, "--strongly-typed"]) == 0
+    out = capsys.readouterr().out
+    assert "hazards: 2 (unquantized 1, fp32_region 1)" in out
+    assert "FP32 region of 1 node(s) outside Q/DQ: conv2 [rule: a strongly-typed build" in out
+    assert main([save(tm.float_conv(), "f.onnx")]) == 1          # no Q/DQ: never PASSED
