@@ -64,6 +64,28 @@ def _weight_dq(t: str, w: np.ndarray, axis, got, helper, numpy_helper):
     return inits, node
 
 
+def _corrected_biases(g, inits: dict, cal, place: set, numpy_helper) -> list:
+    """Biases (input 2 of placed nodes) that a pass (bias correction, LSQ) moved: a new float
+    initializer ``<bias>_corrected`` each, the node rewired to it; biases stay float."""
+    biases = getattr(cal, "biases", None) or {}
+    bias_for: dict[str, str] = {}
+    out = []
+    for node in g.node:
+        if node.name not in place or len(node.input) < 3 or node.input[2] not in inits:
+            continue
+        t = node.input[2]
+        b = biases.get(t)
+        if b is not None and t not in bias_for:
+            old = numpy_helper.to_array(inits[t])
+            bias_for[t] = t
+            if old.shape == b.shape and not np.array_equal(old, b):
+                bias_for[t] = f"{t}_corrected"
+                out.append(numpy_helper.from_array(b.astype(old.dtype), bias_for[t]))
+        if t in bias_for:
+            node.input[2] = bias_for[t]
+    return out
+
+
 def export_qdq(model, cal, placement, *, only_placed: bool = False):
     """Return a copy of the prepared ``model`` with Q/DQ written per ``placement``'s tensor plan
     (:mod:`xtrt.quant.tensor_plan`): one Q/DQ pair per site tensor at its group's shared scale,
@@ -107,6 +129,7 @@ def export_qdq(model, cal, placement, *, only_placed: bool = False):
         pending[readers[0][0]].append(dq)
         for n, i in readers:
             by_name[n].input[i] = dq.output[0]
+    new_inits += _corrected_biases(g, inits, cal, place, numpy_helper)
     for t, readers in plan.sites.items():
         readers = [r for r in readers if r[0] in place] if only_placed else readers
         if not readers or t not in scales:
