@@ -53,7 +53,8 @@ def _weight_dq(t: str, w: np.ndarray, axis, got, helper, numpy_helper):
     shape = [1] * w.ndim
     if axis is not None:
         shape[axis] = -1
-    q = np.clip(np.rint(w / scale.reshape(shape)), -QMAX, QMAX).astype(np.int8)
+    # int8 storage range; max|w|/127 never rounds past 127, AdaRound may round one step down to -128
+    q = np.clip(np.rint(w / scale.reshape(shape)), -QMAX - 1, QMAX).astype(np.int8)
     qname, sname, zname = f"{t}_int8", f"{t}_scale", f"{t}_zero_point"
     inits = [numpy_helper.from_array(q, qname),
              numpy_helper.from_array(scale.astype(np.float32), sname),
