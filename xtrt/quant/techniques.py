@@ -66,10 +66,13 @@ def resolve(cfg):
     out = copy.deepcopy(cfg)
     e = EFFORTS[out.quantization.effort]
     q = out.quantization
-    if out.calibration.method is None:
+    method_given = out.calibration.method is not None
+    if not method_given:
         out.calibration.method = e.method
     if q.per_tensor is None:
-        q.per_tensor = e.per_tensor
+        # a method written in the config is that method for every tensor (auto: the whole-graph
+        # search); the effort's per-tensor choice applies when the method is left to it
+        q.per_tensor = e.per_tensor and not method_given
     if q.equalization.enabled is None:
         q.equalization.enabled = e.equalization
     if q.bias_correction.enabled is None:
