@@ -1,24 +1,22 @@
 """Write a quantization run's outputs: the model and side files, report.json / report.md, plots,
-TensorBoard scalars.  Everything goes into a staging folder inside ``output_dir`` and is moved into
-place only when all of it was written.
+TensorBoard scalars.  Everything goes into the staging folder of an :class:`xtrt.outdir.OutputDir`
+opened at the start of the run (:func:`open_output_dir`); its ``commit()`` swaps the result in.
 """
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from xtrt.config import config_to_dict
-from xtrt.errors import OutputError
+from xtrt.outdir import OutputDir
 
 if TYPE_CHECKING:  # pragma: no cover
     from xtrt.quant.pipeline import QuantResult
 
-__all__ = ["check_output_dir", "write_outputs"]
+__all__ = ["QUANT_OUTPUTS", "open_output_dir", "write_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +33,20 @@ def _versions() -> dict:
             "onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
 
 
-def check_output_dir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        stage = Path(os.path.join(path, f".xtrt-partial-{os.getpid()}"))
-        if stage.exists():
-            shutil.rmtree(stage)
-        stage.mkdir()
-        return stage
-    except OSError as exc:
-        raise OutputError(f"cannot write to output folder {str(path)!r}: {exc.strerror or exc}",
-                          "choose a writable output_dir (or fix its permissions)") from exc
+#: what xtrt.quant writes; a folder an older xtrt (without a manifest) wrote may hold these
+QUANT_OUTPUTS = ("quantized.onnx", "quant_cfg.json", "dynamic_range.json", "calibration.cache",
+                 "resolved_config.yaml", "report.json", "report.md", "tensorboard",
+                 "layers_noise.png", "layers_alone.png", "fallback.png", "worst_layer_scatter.png")
+
+
+def open_output_dir(path: Path, *, force: bool = False) -> OutputDir:
+    """Open ``output_dir`` for a quantization run (checked, locked, staged: xtrt.outdir).
+
+    Call it before any work; write with :func:`write_outputs` into ``.staging``, then
+    ``commit()``; leaving its ``with`` block (or ``abort()``) without commit discards the run.
+    """
+    return OutputDir(path, "xtrt.quant", force=force, adopt=QUANT_OUTPUTS,
+                     option="output folder").open()
 
 
 def write_outputs(stage: Path, out_dir: Path, cfg, prepared, cal, placement, qmodel, ev_int8, ev_sim,
@@ -110,18 +111,10 @@ def write_outputs(stage: Path, out_dir: Path, cfg, prepared, cal, placement, qmo
     _tensorboard(stage, report)
     write_json_atomic(stage / "report.json", report)
     write_text_atomic(stage / "report.md", render_report_md(report))
-    # commit: move everything into place
-    try:
-        for item in sorted(stage.iterdir()):
-            dest = out_dir / item.name
-            if dest.is_dir() and item.is_dir():
-                shutil.rmtree(dest)
-            os.replace(item, dest)
-            files.files[item.name] = dest
-        stage.rmdir()
-    except OSError as exc:
-        raise OutputError(f"cannot move outputs into {str(out_dir)!r}: {exc.strerror or exc}",
-                          "check free space and permissions of output_dir") from exc
+    # the caller commits the staging folder (OutputDir.commit); these are the final paths
+    for item in sorted(stage.iterdir()):
+        if not item.name.startswith(("XTRT-", ".")):
+            files.files[item.name] = out_dir / item.name
     files.report = report
     return files
 

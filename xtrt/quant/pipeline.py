@@ -7,7 +7,6 @@ place only when the whole run succeeded.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,10 +67,30 @@ def _files(cfg: Config):
     return cal, ev
 
 
+def output_dir_of(cfg: Config) -> Path:
+    """The run's output folder: ``output_dir`` (relative to the config), or xtrt_out/<model>."""
+    out_dir = Path(cfg.output_dir) if cfg.output_dir and Path(cfg.output_dir).is_absolute() else (
+        cfg.path(cfg.output_dir) if cfg.output_dir else
+        Path(cfg.base_dir) / "xtrt_out" / Path(cfg.model).stem)
+    return out_dir.resolve()
+
+
 def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
-    """Run the whole quantization job described by ``cfg``; see the module docstring."""
+    """Run the whole quantization job described by ``cfg``; see the module docstring.
+
+    The output folder is opened (checked, locked, staged) before any work and committed last.
+    """
+    from xtrt.quant.outputs import open_output_dir
+
+    with open_output_dir(output_dir_of(cfg)) as od:
+        res = _run_quant(cfg, od.staging, progress=progress)
+        res.files = {name: path for name, path in od.commit().items() if name in res.files}
+    return res
+
+
+def _run_quant(cfg: Config, stage: Path, *, progress: bool = True) -> QuantResult:
     from xtrt.analysis.fallback import run_fallback
-    from xtrt.quant.outputs import check_output_dir, write_outputs
+    from xtrt.quant.outputs import write_outputs
     from xtrt.backend import ppq as ppq_backend
     from xtrt.data.preprocess import build_preprocess
     from xtrt.data.source import BatchSource
@@ -88,10 +107,7 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     def lap(name: str, t0: float) -> None:
         timings[name] = round(time.perf_counter() - t0, 3)
 
-    out_dir = Path(cfg.output_dir) if cfg.output_dir and Path(cfg.output_dir).is_absolute() else (
-        cfg.path(cfg.output_dir) if cfg.output_dir else
-        Path(cfg.base_dir) / "xtrt_out" / Path(cfg.model).stem)
-    out_dir = out_dir.resolve()
+    out_dir = output_dir_of(cfg)
     if cfg.device == "cuda":
         from xtrt.runtime.session import providers_for
         providers_for("cuda")
@@ -246,15 +262,8 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
         lap("fallback", t0)
 
     # 6. write outputs (staged)
-    stage = check_output_dir(out_dir)
-    try:
-        files = write_outputs(stage, out_dir, cfg, prepared, cal, placement, qmodel, chosen_eval,
-                               ev_sim, layers, fallback, timings, ed,
-                               qmodel_all_int8, engine, search)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    res = files
+    res = write_outputs(stage, out_dir, cfg, prepared, cal, placement, qmodel, chosen_eval,
+                        ev_sim, layers, fallback, timings, ed, qmodel_all_int8, engine, search)
     res.seconds = time.perf_counter() - t_start
     return res
 
