@@ -79,7 +79,8 @@ class OutputDir:
         path: the folder (created with its parents if missing).
         tool: who writes it, e.g. ``"xtrt.quant"``; a folder another tool wrote is refused.
         force: accept entries xtrt did not write (they stay untouched).
-        adopt: names that a run of an older xtrt (no manifest) wrote and that may be replaced.
+        adopt: names that a run of an older xtrt (no manifest) wrote: a folder without a
+            manifest that holds ``adopt[0]`` and nothing outside ``adopt`` is taken as xtrt's.
         option: how the user names the folder in messages (``output_dir``, ``--out``).
 
     Use ``with OutputDir(...) as od:`` (``open()`` / ``abort()``), write into ``od.staging``,
@@ -92,7 +93,7 @@ class OutputDir:
         self.path = Path(os.path.abspath(os.fspath(path)))
         self.tool = tool
         self.force = force
-        self.adopt = frozenset(adopt)
+        self.adopt = tuple(adopt)
         self.option = option
         self.handle_signals = handle_signals
         self.staging = self.path / f".xtrt-staging-{os.getpid()}.partial"
@@ -176,8 +177,12 @@ class OutputDir:
             raise OutputError(f"{self.option} {str(self.path)!r} holds the outputs of "
                               f"{manifest.get('tool')}, not {self.tool}",
                               f"choose another folder for {self.tool}")
-        ours = set(manifest["files"]) if manifest is not None else \
-            {n for n in names if n in self.adopt}
+        if manifest is not None:
+            ours = set(manifest["files"])
+        elif self.adopt and self.adopt[0] in names and set(names) <= set(self.adopt):
+            ours = set(names)  # written by an xtrt from before manifests
+        else:
+            ours = set()
         foreign = [n for n in names if n not in ours and not self._other_xtrt_folder(n)]
         if foreign and not self.force:
             more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
@@ -193,7 +198,7 @@ class OutputDir:
         """Staging/swap folders left by killed runs (we hold the lock: no other run writes)."""
         for name in os.listdir(self.path):
             m = _STAGING_RE.match(name)
-            if m and int(m.group(2)) != os.getpid():
+            if m:  # our own pid too: an earlier run in this process that was not cleaned up
                 log.info("removing %s left by an interrupted run (pid %s)", name, m.group(2))
                 shutil.rmtree(self.path / name, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
@@ -256,6 +261,7 @@ class OutputDir:
                               f"{e.strerror or e}", _hint(e)) from e
         self.committed = True
         shutil.rmtree(trash, ignore_errors=True)
+        shutil.rmtree(self.staging, ignore_errors=True)
         self._finish()
         return {n: self.path / n for n in new}
 
