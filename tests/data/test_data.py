@@ -62,7 +62,7 @@ def test_zero_usable_images_is_an_error(tmp_path):
     pre = build_preprocess(PreprocessConfig(size=[8, 8]))
     with pytest.raises(DataError) as e:
         list(BatchSource(list_files(tmp_path), "input", (3, 8, 8), pre))
-    assert str(e.value).startswith("no usable samples in 2 file(s); 2 unreadable, e.g. a.jpg")
+    assert str(e.value).startswith("no usable samples in 2 file(s); 2 unreadable or not finite, e.g. a.jpg")
     assert "give a folder of readable" in str(e.value)
 
 

@@ -118,6 +118,9 @@ class BatchSource:
                 raise DataError(f"tensor file {path.name} has shape {list(arr.shape)}, the model input "
                                 f"{self.input_name!r} takes [N, {', '.join(map(str, want))}]",
                                 "save arrays of the model's input shape (one sample or a batch)")
+        if not np.isfinite(arr).all():
+            self._skip(path, f"holds {arr.size - int(np.isfinite(arr).sum())} NaN/Inf values")
+            return
         for sample in arr:
             yield sample.astype(self.dtype, copy=False), PreMeta(tuple(sample.shape[-2:]))
 
@@ -125,17 +128,23 @@ class BatchSource:
         try:
             img = decode_image(path)
         except DataError as exc:
-            self.skipped.append((path, exc.message))
-            log.debug("skipped %s: %s", path, exc.message)
+            self._skip(path, exc.message)
             return None
         if self.preprocess is None:
             raise DataError("image files need a preprocess preset", "set preprocess.preset")
         x, meta = self.preprocess(img)
+        if not np.isfinite(x).all():
+            self._skip(path, "preprocessing gives NaN/Inf values")
+            return None
         if self.sample_shape is not None and tuple(x.shape) != tuple(self.sample_shape):
             raise DataError(f"preprocessing gives {list(x.shape)} but input {self.input_name!r} "
                             f"takes {list(self.sample_shape)}",
                             "make preprocess.size/crop match the model input (or input.shape)")
         return x.astype(self.dtype, copy=False), meta
+
+    def _skip(self, path: Path, why: str) -> None:
+        self.skipped.append((path, why))
+        log.debug("skipped %s: %s", path, why)
 
     def _samples(self) -> Iterator[tuple[np.ndarray, PreMeta, Path]]:
         n = 0
@@ -168,13 +177,14 @@ class BatchSource:
         self.used = count
         if count == 0:
             what = f"{len(self.files)} file(s)"
-            why = f"; {len(self.skipped)} unreadable, e.g. {self.skipped[0][0].name}: " \
-                  f"{self.skipped[0][1]}" if self.skipped else ""
+            why = f"; {len(self.skipped)} unreadable or not finite, e.g. " \
+                  f"{self.skipped[0][0].name}: {self.skipped[0][1]}" if self.skipped else ""
             raise DataError(f"no usable samples in {what}{why}",
-                            "give a folder of readable jpg/png/bmp/webp images or .npy/.npz tensors")
+                            "give a folder of readable jpg/png/bmp/webp images or finite "
+                            ".npy/.npz tensors")
         if self.skipped:
-            log.warning("skipped %d unreadable file(s), e.g. %s", len(self.skipped),
-                        self.skipped[0][0].name)
+            log.warning("skipped %d unreadable or non-finite file(s), e.g. %s: %s",
+                        len(self.skipped), self.skipped[0][0].name, self.skipped[0][1])
 
     def __iter__(self) -> Iterator[Batch]:
         if self._cache is not None:

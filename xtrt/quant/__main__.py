@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from typing import Sequence
@@ -95,7 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     cfg = load_config(args.config, overrides)
-    cfg.plugins = list(cfg.plugins) + list(args.plugin)
+    # --plugin is a command-line path: relative to the working directory (the config's own
+    # plugins: relative to the config file)
+    cfg.plugins = list(cfg.plugins) + [
+        os.path.abspath(p) if p.endswith(".py") or os.path.exists(p) else p  # else: a module
+        for p in args.plugin]
     from xtrt.quant.pipeline import run_quant
 
     res = run_quant(cfg, progress=not args.quiet)

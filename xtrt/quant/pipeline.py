@@ -56,7 +56,7 @@ def _files(cfg: Config):
         raise DataError("config has no calibration.data", "set calibration.data: path/to/images")
     files = list_files(str(cfg.path(cfg.calibration.data)))
     n_cal = cfg.calibration.steps * cfg.calibration.batch_size
-    cal, rest = split_files(files, n_cal, None, seed=cfg.calibration.seed,
+    cal, rest = split_files(files, n_cal, None, seed=cfg.calibration.seed or 0,
                             shuffle=cfg.calibration.shuffle)
     if cfg.evaluation.data:
         ev_all = list_files(str(cfg.path(cfg.evaluation.data)))
@@ -97,6 +97,7 @@ def _run_quant(cfg: Config, stage: Path, *, progress: bool = True) -> QuantResul
     from xtrt.model.load import dims_of, load_model
     from xtrt.model.prepare import prepare_model
     from xtrt.quant import export as ex
+    from xtrt.quant.checks import check_evaluation, check_reference, check_scales
     from xtrt.quant.placement import plan_placement
     from xtrt.quant.verify import evaluate, metric_value, prepare_eval
     from xtrt.runtime.split import SplitRunner
@@ -127,7 +128,7 @@ def _run_quant(cfg: Config, stage: Path, *, progress: bool = True) -> QuantResul
     # 2. data
     t0 = time.perf_counter()
     cal_files, ev_files = _files(cfg)
-    pre = build_preprocess(cfg.preprocess, tuple(prepared.input_shape[2:4]))
+    pre = build_preprocess(cfg.preprocess, tuple(prepared.input_shape[2:4]), cfg.base_dir)
     sample = tuple(prepared.input_shape[1:])
     cal_src = BatchSource(cal_files, prepared.input_name, sample, pre, cfg.calibration.batch_size,
                           progress="calibration data" if progress else None)
@@ -143,10 +144,11 @@ def _run_quant(cfg: Config, stage: Path, *, progress: bool = True) -> QuantResul
     lsq = None
     if cfg.quantization.lsq.enabled:
         lsq = {"steps": cfg.quantization.lsq.steps, "lr": cfg.quantization.lsq.lr,
-               "block_size": cfg.quantization.lsq.block_size}
+               "block_size": cfg.quantization.lsq.block_size, "seed": cfg.calibration.seed or 0}
     cal, engine, stats = _calibrate(cfg, prepared, placement, cal_batches, lsq, progress)
     lap("calibrate", t0)
     placement.quantize = [n for n in placement.quantize if n in set(cal.quantized_ops)]
+    check_scales(ex.tensor_scales(prepared.model, cal, placement))
 
     # 4. export (in memory) + verify
     t0 = time.perf_counter()
@@ -174,6 +176,7 @@ def _run_quant(cfg: Config, stage: Path, *, progress: bool = True) -> QuantResul
                       annotations=str(cfg.path(cfg.evaluation.annotations))
                       if cfg.evaluation.annotations else None,
                       conf=cfg.evaluation.conf_threshold, iou=cfg.evaluation.iou_threshold)
+    check_reference(ed.ref_outputs, ed.output_names, ed.batches)
 
     def eval_model(model) -> "object":
         runner = SplitRunner(model, device=cfg.device)
@@ -184,6 +187,7 @@ def _run_quant(cfg: Config, stage: Path, *, progress: bool = True) -> QuantResul
         t1 = time.perf_counter()
         search = _method_search(cal, stats, prepared, placement, eval_model, ex)
         lap("method_search", t1)
+        check_scales(ex.tensor_scales(prepared.model, cal, placement))
         qmodel = ex.export_qdq(prepared.model, cal, placement)
         qmodel_all_int8 = qmodel
     ev_int8 = eval_model(qmodel)
@@ -262,6 +266,8 @@ def _run_quant(cfg: Config, stage: Path, *, progress: bool = True) -> QuantResul
         lap("fallback", t0)
 
     # 6. write outputs (staged)
+    check_evaluation(chosen_eval.outputs)
+    check_evaluation(ev_sim.outputs, "PPQ's simulation")
     res = write_outputs(stage, out_dir, cfg, prepared, cal, placement, qmodel, chosen_eval,
                         ev_sim, layers, fallback, timings, ed, qmodel_all_int8, engine, search)
     res.seconds = time.perf_counter() - t_start
