@@ -60,6 +60,7 @@ class CalibrationConfig:
     # calibration / held-out split is a random draw that seed makes repeatable. seed also seeds
     # LSQ's random choice of training batches (quantization.lsq). Nothing else in a run is
     # random; a seed that drives neither (no shuffle, no LSQ) is a config error.
+    shuffle: bool = False
     seed: Optional[int] = None          # default 0 when shuffle is true
 
 
