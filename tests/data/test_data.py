@@ -67,7 +67,7 @@ def test_zero_usable_images_is_an_error(tmp_path):
 
 
 def test_tensor_files_checked_for_shape_and_dtype(tmp_path):
-    np.save(tmp_path / "ok.npy", np.zeros((3, 3, 8, 8), np.float32))
+    np.save(tmp_path / "ok.npy", np.ones((3, 3, 8, 8), np.float32))
     np.savez(tmp_path / "ok2.npz", input=np.zeros((3, 8, 8), np.float32))
     src = BatchSource(list_files(tmp_path), "input", (3, 8, 8), None, batch_size=4)
     assert [b.size for b in src] == [4]

@@ -165,8 +165,10 @@ class BatchSource:
         self.skipped = []
         xs, metas, paths = [], [], []
         count = 0
+        lo, hi = np.inf, -np.inf
         for x, meta, path in self._samples():
             xs.append(x), metas.append(meta), paths.append(path)
+            lo, hi = min(lo, float(x.min(initial=np.inf))), max(hi, float(x.max(initial=-np.inf)))
             if len(xs) == self.batch_size:
                 count += len(xs)
                 yield Batch({self.input_name: np.stack(xs)}, paths, metas)
@@ -182,6 +184,10 @@ class BatchSource:
             raise DataError(f"no usable samples in {what}{why}",
                             "give a folder of readable jpg/png/bmp/webp images or finite "
                             ".npy/.npz tensors")
+        if lo == hi:
+            raise DataError(f"every value of the {count} sample(s) from {len(self.files)} file(s) "
+                            f"is {lo:g}: constant data gives calibration nothing to measure",
+                            "check the files (all-zero tensors?) and preprocess.scale/mean/std")
         if self.skipped:
             log.warning("skipped %d unreadable or non-finite file(s), e.g. %s: %s",
                         len(self.skipped), self.skipped[0][0].name, self.skipped[0][1])
