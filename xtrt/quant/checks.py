@@ -1,5 +1,6 @@
 """Checks that a run's numbers are real before it may say PASSED.
 
+* :func:`check_input_type` after preparation: the calibrated input takes float32.
 * :func:`check_scales` after calibration: every activation scale finite and > 0 (a NaN scale
   is written as ``null`` in quant_cfg.json and ``7fc00000`` in the calibration cache; a zero
   scale divides by zero in TensorRT).
@@ -18,9 +19,34 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from xtrt.errors import DataError, QuantizationError
+from xtrt.errors import DataError, ModelError, QuantizationError
 
-__all__ = ["check_scales", "check_reference", "check_evaluation"]
+__all__ = ["check_input_type", "check_scales", "check_reference", "check_evaluation"]
+
+
+def check_input_type(model, input_name: str | None) -> None:
+    """Raise ModelError unless the model input ``input_name`` (None: the first) takes float32.
+
+    Calibration and evaluation feed preprocessed float32 images; an integer (or float16) input
+    would reach ONNX Runtime as a type error in the middle of the run.
+    """
+    import onnx
+
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [vi for vi in model.graph.input if vi.name not in inits]
+    for vi in inputs:
+        if input_name is None:
+            input_name = vi.name
+        if vi.name != input_name:
+            continue
+        elem = vi.type.tensor_type.elem_type
+        if elem in (onnx.TensorProto.FLOAT, onnx.TensorProto.UNDEFINED):
+            return
+        dtype = onnx.TensorProto.DataType.Name(elem).lower()
+        raise ModelError(f"model input {input_name!r} takes {dtype} tensors; xtrt.quant feeds it "
+                         "preprocessed float32 images",
+                         "export the model with a float32 image input (preprocessing, casts and "
+                         "normalisation outside the graph)")
 
 
 def _bad_scale(v: Any) -> str | None:

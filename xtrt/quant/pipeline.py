@@ -97,7 +97,8 @@ def _run_quant(cfg: Config, stage: Path, *, progress: bool = True) -> QuantResul
     from xtrt.model.load import dims_of, load_model
     from xtrt.model.prepare import prepare_model
     from xtrt.quant import export as ex
-    from xtrt.quant.checks import check_evaluation, check_reference, check_scales
+    from xtrt.quant.checks import (check_evaluation, check_input_type, check_reference,
+                                   check_scales)
     from xtrt.quant.placement import plan_placement
     from xtrt.quant.verify import evaluate, metric_value, prepare_eval
     from xtrt.runtime.split import SplitRunner
@@ -121,6 +122,7 @@ def _run_quant(cfg: Config, stage: Path, *, progress: bool = True) -> QuantResul
     t0 = time.perf_counter()
     model_path = cfg.path(cfg.model)
     source = load_model(model_path)
+    check_input_type(source, cfg.input.name)
     prepared = prepare_model(source, cfg.input.shape, cfg.input.name)
     lap("prepare", t0)
     log.info("prepared %s: %s", model_path.name, "; ".join(prepared.steps))
