@@ -53,8 +53,9 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", 2)  # xtrt.outdir.Interrupted carries SIGTERM too
         name = "SIGTERM" if signum == 15 else "SIGINT"
-        print(f"error: interrupted by {name}; the run's partial outputs were removed",
-              file=sys.stderr)
+        staged = "; nothing was written (the staging folder was removed)" \
+            if hasattr(exc, "signum") else ""
+        print(f"error: interrupted by {name}{staged}", file=sys.stderr)
         return 128 + signum
     except SystemExit as exc:  # argparse usage errors arrive here with code 2
         return int(exc.code or 0) if isinstance(exc.code, int) else 2
