@@ -24,6 +24,7 @@ from xtrt.outdir import LOCK_NAME, MANIFEST_NAME
 from xtrt.quant.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[2]
+FAST = ["--set", "calibration.method=minmax", "--set", "analysis.graphwise=false"]
 FINISHED = ("quantized.onnx", "quant_cfg.json", "report.json", "report.md", "calibration.cache",
             "dynamic_range.json", "resolved_config.yaml")
 
@@ -169,7 +170,7 @@ def test_non_finite_tensor_files_are_skipped_and_counted(tiny_config, tmp_path, 
     bad[0, 0, 0, 0] = np.nan
     cfg = _npy_config(tiny_config, tmp_path, {**good, "a_bad": bad})
     edit(cfg, calibration__steps=2)
-    assert run(["--config", cfg, "-q"]) == 0
+    assert run(["--config", cfg, "-q", *FAST]) == 0
     out = capsys.readouterr()
     assert "skipped 1 unreadable or non-finite file(s), e.g. a_bad.npy: holds 1 NaN/Inf values" \
         in out.err
@@ -192,7 +193,7 @@ def test_constant_tensors(tiny_config, tmp_path, capsys):
 
 def test_decompression_bomb_is_skipped_and_counted(tiny_config, image_dir, capsys):
     bomb_png(image_dir / "aaa_bomb.png")
-    assert run(["--config", tiny_config, "-q"]) == 0
+    assert run(["--config", tiny_config, "-q", *FAST]) == 0
     err = capsys.readouterr().err
     assert "skipped 1 unreadable or non-finite file(s), e.g. aaa_bomb.png: cannot decode image" in err
     assert "more pixels than PIL's limit" in err and "Traceback" not in err
@@ -310,11 +311,11 @@ def test_a_file_as_output_folder(tiny_config, tmp_path, capsys):
 
 def test_rerun_replaces_only_what_xtrt_wrote(tiny_config, capsys):
     out = out_of(tiny_config)
-    assert run(["--config", tiny_config, "-q"]) == 0
+    assert run(["--config", tiny_config, "-q", *FAST]) == 0
     (out / "profile").mkdir()  # another xtrt run's folder (xtrt.profile's default place)
     (out / "profile" / MANIFEST_NAME).write_text('{"tool": "xtrt.profile", "files": []}')
     first = (out / "report.json").stat().st_mtime_ns
-    assert run(["--config", tiny_config, "-q", "--set", "calibration.method=minmax"]) == 0
+    assert run(["--config", tiny_config, "-q", *FAST, "--set", "calibration.method=kl"]) == 0
     assert (out / "report.json").stat().st_mtime_ns != first
     assert (out / "profile" / MANIFEST_NAME).is_file()
     assert not [p for p in out.iterdir() if p.name.startswith(".xtrt-staging")]
@@ -399,7 +400,7 @@ def test_sigkilled_run_is_cleaned_by_the_next_run(tiny_config, capsys):
     assert staging.is_dir() and (staging / "XTRT-INCOMPLETE-RUN.txt").is_file()
     assert staging.name.endswith(".partial")
     assert not [n for n in os.listdir(out) if n in FINISHED]  # nothing finished-looking on top
-    assert run(["--config", tiny_config, "-q"]) == 0
+    assert run(["--config", tiny_config, "-q", *FAST]) == 0
     assert not staging.exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".xtrt-staging")]
     onnx.checker.check_model(onnx.load(out / "quantized.onnx"))
