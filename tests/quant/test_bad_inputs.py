@@ -404,3 +404,37 @@ def test_sigkilled_run_is_cleaned_by_the_next_run(tiny_config, capsys):
     assert not staging.exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".xtrt-staging")]
     onnx.checker.check_model(onnx.load(out / "quantized.onnx"))
+
+
+# -- results checked before PASSED (the pipeline's call sites) -------------------------------
+
+def test_nan_scale_after_calibration_is_an_error(tiny_config, capsys, monkeypatch):
+    from xtrt.quant import export
+
+    real = export.tensor_scales
+
+    def with_nan(*a, **k):
+        s = real(*a, **k)
+        s["r1"] = float("nan")
+        return s
+    monkeypatch.setattr(export, "tensor_scales", with_nan)
+    assert run(["--config", tiny_config, "-q", *FAST]) == 1
+    assert last_err(capsys).startswith("error: activation scale of tensor 'r1' is nan: the "
+                                       "calibration data or the activations hold NaN/Inf")
+    assert_nothing_finished(out_of(tiny_config))
+
+
+def test_non_finite_int8_output_is_an_error(tiny_config, capsys, monkeypatch):
+    from xtrt.quant import verify
+
+    real = verify.evaluate
+
+    def poisoned(*a, **k):
+        ev = real(*a, **k)
+        ev.outputs["logits"]["nonfinite"] = 7
+        return ev
+    monkeypatch.setattr(verify, "evaluate", poisoned)
+    assert run(["--config", tiny_config, "-q", *FAST]) == 1
+    assert last_err(capsys).startswith("error: the INT8 model's output 'logits' holds 7 NaN/Inf "
+                                       "values on the held-out data; its SQNR would be meaningless")
+    assert_nothing_finished(out_of(tiny_config))
