@@ -101,6 +101,7 @@ class OutputDir:
         self._created: list[Path] = []
         self._old_handlers: dict[int, object] = {}
         self._previous: list[str] = []
+        self._made_lock = False
         self.committed = False
 
     # -- opening ---------------------------------------------------------------------------
@@ -142,6 +143,7 @@ class OutputDir:
         return self
 
     def _lock(self) -> None:
+        self._made_lock = not (self.path / LOCK_NAME).exists()
         fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -287,10 +289,12 @@ class OutputDir:
         fd, self._lock_fd = self._lock_fd, None
         if fd is None:
             return
-        if not self.committed and self._created and self.path.is_dir() and \
-                set(os.listdir(self.path)) <= {LOCK_NAME}:
-            with contextlib.suppress(OSError):  # a folder this run made and left empty
+        if not self.committed and self._made_lock and \
+                not (self.path / MANIFEST_NAME).exists():
+            # a refused or failed first run leaves no trace of xtrt in the folder
+            with contextlib.suppress(OSError):
                 (self.path / LOCK_NAME).unlink()
+            with contextlib.suppress(OSError):  # the folders this run made, if left empty
                 for d in reversed(self._created):
                     d.rmdir()
         os.close(fd)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from xtrt.cli import run_main
-from xtrt.outdir import LOCK_NAME, MANIFEST_NAME
+from xtrt.outdir import MANIFEST_NAME
 from xtrt.profile.__main__ import main
 
 FAST = ["--steps", "2", "--warmup", "1", "--no-trace", "--batch", "1", "-q"]
@@ -32,7 +32,7 @@ def test_out_with_user_files_is_refused_and_kept(tiny_model, tmp_path, capsys):
         "wrote)")
     assert err.strip().splitlines()[-1].startswith("FAILED | ")
     assert (v / "thesis.txt").read_text() == "x" and (v / "sub").is_dir()
-    assert sorted(p.name for p in v.iterdir()) == [LOCK_NAME, "sub", "thesis.txt"]
+    assert sorted(p.name for p in v.iterdir()) == ["sub", "thesis.txt"]
 
 
 def test_out_that_is_a_file_is_refused_and_kept(tiny_model, tmp_path, capsys):

@@ -295,7 +295,7 @@ def test_folder_with_user_files_is_refused_at_the_start(tiny_config, tmp_path, c
         "never replaces or deletes them (fix: choose a new or empty folder, or one an earlier "
         "xtrt run wrote)")
     assert (out / "thesis.txt").read_text() == "three years of work" and (out / "sub").is_dir()
-    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME, "sub", "thesis.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["sub", "thesis.txt"]
 
 
 def test_a_file_as_output_folder(tiny_config, tmp_path, capsys):
