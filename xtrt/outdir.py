@@ -234,7 +234,8 @@ class OutputDir:
 
     def commit(self) -> dict[str, Path]:
         """Swap the staged result in; return {name: final path} for the top-level entries."""
-        new = sorted(n for n in os.listdir(self.staging) if n != INCOMPLETE_MARKER)
+        new = sorted(n for n in os.listdir(self.staging)  # hidden names: the run's scratch
+                     if n != INCOMPLETE_MARKER and not n.startswith("."))
         trash = self.path / f".xtrt-old-{os.getpid()}"
         clash = [n for n in new if n not in self._previous and (self.path / n).exists()
                  and not _is_control(n)]

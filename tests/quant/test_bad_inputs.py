@@ -132,7 +132,7 @@ def test_config_errors(tiny_config, capsys, override, line):
 
 def test_seed_drives_the_shuffled_split(tmp_path):
     from xtrt.config import load_config
-    from xtrt.quant.pipeline import _files
+    from xtrt.quant.job import _split_files as _files
 
     make_images(tmp_path / "img", n=12)
     cfg_path = write_config(tmp_path / "c.yaml", model="m.onnx",
@@ -425,7 +425,7 @@ def test_nan_scale_after_calibration_is_an_error(tiny_config, capsys, monkeypatc
 
 
 def test_non_finite_int8_output_is_an_error(tiny_config, capsys, monkeypatch):
-    from xtrt.quant import verify
+    from xtrt.quant import evaluate, verify
 
     real = verify.evaluate
 
@@ -434,6 +434,7 @@ def test_non_finite_int8_output_is_an_error(tiny_config, capsys, monkeypatch):
         ev.outputs["logits"]["nonfinite"] = 7
         return ev
     monkeypatch.setattr(verify, "evaluate", poisoned)
+    monkeypatch.setattr(evaluate, "evaluate", poisoned)  # the evaluation stage's own name
     assert run(["--config", tiny_config, "-q", *FAST]) == 1
     assert last_err(capsys).startswith("error: the INT8 model's output 'logits' holds 7 NaN/Inf "
                                        "values on the held-out data; its SQNR would be meaningless")
