@@ -64,6 +64,7 @@ def assert_nothing_finished(out: Path) -> None:
         return
     names = [p.name for p in out.rglob("*")]
     assert not [n for n in names if n in FINISHED], names
+    assert not list(out.glob(".xtrt-staging-*")), "a failed run left its staging folder"
 
 
 def tensors(folder: Path, arrays: dict[str, np.ndarray]) -> Path:
