@@ -19,6 +19,7 @@ from xtrt.errors import ConfigError
 
 __all__ = [
     "Config", "InputConfig", "PreprocessConfig", "CalibrationConfig", "LsqConfig",
+    "EqualizationConfig", "AdaroundConfig", "BiasCorrectionConfig",
     "QuantizationConfig", "EvaluationConfig", "TargetConfig", "AnalysisConfig",
     "load_config", "config_from_dict", "apply_overrides", "config_to_dict",
 ]
@@ -50,26 +51,56 @@ class CalibrationConfig:
     steps: int = 8                      # batches
     batch_size: int = 4
     # auto: compute all four from the same ONNX Runtime statistics, export each, keep the one whose
-    # exported model scores best on the held-out images (task metric, then SQNR)
-    method: Literal["auto", "percentile", "kl", "mse", "minmax"] = "auto"
+    # exported model scores best on the held-out images (task metric, then SQNR).
+    # Not set: quantization.effort decides (xtrt.quant.techniques.EFFORTS)
+    method: Optional[Literal["auto", "percentile", "kl", "mse", "minmax"]] = None
     # ort: statistics on ONNX Runtime (FP32 activations, fast), scales by PPQ's rules;
     # ppq: PPQ's own runtime calibration (its torch executor, activations seen with INT8 weights)
     engine: Literal["ort", "ppq"] = "ort"
     # shuffle: false uses the files in sorted order (the first steps*batch_size calibrate, the
     # rest are held out); true shuffles the file list first with random.Random(seed), so the
     # calibration / held-out split is a random draw that seed makes repeatable. seed also seeds
-    # LSQ's random choice of training batches (quantization.lsq). Nothing else in a run is
-    # random; a seed that drives neither (no shuffle, no LSQ) is a config error.
+    # LSQ's and AdaRound's random choice of training batches. Nothing else in a run is random;
+    # a seed that drives none of these is a config error.
     shuffle: bool = False
     seed: Optional[int] = None          # default 0 when shuffle is true
 
 
+# Optimisation passes (PPQ's, run by xtrt.quant.techniques).  ``enabled`` / ``steps`` left unset
+# (null) take the value of quantization.effort; anything set here wins over the effort preset.
 @dataclass
 class LsqConfig:
-    enabled: bool = False
-    steps: int = 200
+    enabled: Optional[bool] = None
+    steps: Optional[int] = None         # training steps per block
     lr: float = 1e-5
     block_size: int = 4
+    batches: int = 4                    # calibration batches the pass trains on
+
+
+@dataclass
+class EqualizationConfig:               # cross-layer equalization, before calibration
+    enabled: Optional[bool] = None
+    iterations: int = 10
+    threshold: float = 0.5              # PPQ's value_threshold (0, 0.5 or 2 recommended)
+    opt_level: Literal[1, 2] = 2        # 1: cross Relu/pooling; 2: also Add/Sub
+    including_bias: bool = False
+
+
+@dataclass
+class AdaroundConfig:                   # block-wise reconstruction of the weight rounding
+    enabled: Optional[bool] = None
+    steps: Optional[int] = None
+    lr: float = 1e-3
+    gamma: float = 1.0
+    block_size: int = 4
+    batches: int = 4
+
+
+@dataclass
+class BiasCorrectionConfig:
+    enabled: Optional[bool] = None
+    block_size: int = 1
+    batches: int = 2
 
 
 @dataclass
@@ -77,7 +108,15 @@ class QuantizationConfig:
     exclude_nodes: list[str] = field(default_factory=list)     # exact names or /regex/
     exclude_op_types: list[str] = field(default_factory=list)
     keep_decode_fp32: bool = True       # find a detection decode tail and keep it in float
+    # fast | default | best: which calibration method and optimisation passes run when they are
+    # not set explicitly (xtrt.quant.techniques.EFFORTS, measured in benchmarks/techniques.md)
+    effort: Literal["fast", "default", "best"] = "default"
+    # per activation, the calibration method with the smallest error of the consuming layer's output
+    per_tensor: Optional[bool] = None
+    equalization: EqualizationConfig = field(default_factory=EqualizationConfig)
+    bias_correction: BiasCorrectionConfig = field(default_factory=BiasCorrectionConfig)
     lsq: LsqConfig = field(default_factory=LsqConfig)
+    adaround: AdaroundConfig = field(default_factory=AdaroundConfig)
 
 
 @dataclass
@@ -153,7 +192,7 @@ class Config:
 
 
 _POSITIVE = {"steps", "workers", "batch_size", "count", "max_trials", "layers_per_trial", "analysis_steps",
-             "layerwise_steps",
+             "layerwise_steps", "iterations", "batches",
              "block_size"}
 
 
@@ -266,9 +305,10 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"preprocess.scale: {cfg.preprocess.scale} makes every input constant",
                           "use a finite non-zero scale, e.g. preprocess.scale: 0.0039215686 (1/255)")
     cal = cfg.calibration
-    if cal.seed is not None and not cal.shuffle and not cfg.quantization.lsq.enabled:
+    if cal.seed is not None and not cal.shuffle and not _random_passes(cfg):
         raise ConfigError("calibration.seed is set but nothing in this run is random "
-                          "(calibration.shuffle is false and LSQ is off), so it has no effect",
+                          "(calibration.shuffle is false, LSQ and AdaRound are off), so it has "
+                          "no effect",
                           "set calibration.shuffle: true to draw the calibration files at random "
                           "with that seed, or remove calibration.seed")
     if not 0 <= cfg.evaluation.selection_share < 1:
@@ -276,6 +316,14 @@ def _check(cfg: Config) -> None:
                           "in [0, 1)", "use e.g. 0.5 (half the held-out images for choices)")
     if cfg.analysis.target is not None and not 0 <= cfg.analysis.target.max_drop < 1e3:
         raise ConfigError("analysis.target.max_drop must be >= 0", "use e.g. 0.01")
+
+
+def _random_passes(cfg: Config) -> bool:
+    """Whether LSQ or AdaRound run (they pick training batches at random: calibration.seed)."""
+    from xtrt.quant.techniques import resolve  # the effort preset decides unset passes
+
+    q = resolve(cfg).quantization
+    return bool(q.lsq.enabled or q.adaround.enabled)
 
 
 def _parse_scalar(text: str) -> Any:

@@ -122,7 +122,7 @@ def small_model(path: Path, *, input_type=TensorProto.FLOAT, second_input=False,
      "numbers, e.g. preprocess.mean: [0.5, 0.5, 0.5])"),
     ("calibration.seed=3",
      "error: calibration.seed is set but nothing in this run is random (calibration.shuffle is "
-     "false and LSQ is off), so it has no effect (fix: set calibration.shuffle: true to draw the "
+     "false, LSQ and AdaRound are off), so it has no effect (fix: set calibration.shuffle: true to draw the "
      "calibration files at random with that seed, or remove calibration.seed)"),
 ])
 def test_config_errors(tiny_config, capsys, override, line):
