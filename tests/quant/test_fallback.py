@@ -22,7 +22,8 @@ def outlier_run(tmp_path_factory):
         calibration={"data": "images", "steps": 4, "batch_size": 2},
         evaluation={"count": 16, "batch_size": 4},
         analysis={"layerwise": True, "analysis_steps": 2, "max_trials": 4, "layers_per_trial": 1,
-                  "target": {"metric": "sqnr", "min_value": 12.0}})
+                  "target": {"metric": "sqnr", "min_value": 12.0}},
+        export={"float_precision": "fp32"})   # the fallback judges FP32 exports
     assert run_main(main, ["--config", str(cfg), "-q"]) == 0
     return tmp, json.loads((tmp / "out" / "report.json").read_text())
 

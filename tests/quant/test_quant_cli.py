@@ -67,6 +67,8 @@ def test_every_conv_and_gemm_input_and_weight_comes_through_dequantize(tiny_run)
         if n.op_type in ("Conv", "Gemm"):
             for i in (0, 1):
                 p = producers.get(n.input[i])
+                while p is not None and p.op_type == "Cast":     # the FP16 export's DQ -> Cast
+                    p = producers.get(p.input[0])
                 assert p is not None and p.op_type == "DequantizeLinear", \
                     f"input {i} of node {n.name} is not quantized but should be"
             assert n.input[2] in {i.name for i in m.graph.initializer}, "bias must stay float"

@@ -79,9 +79,10 @@ def write_outputs(rec: RunRecord) -> QuantResult:
     scales = ex.tensor_scales(prepared.model, cal, placement)
     cfg_dict = config_to_dict(cfg)
     save_model_atomic(rec.qmodel, stage / "quantized.onnx")
-    write_json_atomic(stage / "quant_cfg.json", ex.quant_cfg(
+    write_json_atomic(stage / "quant_cfg.json", {**ex.quant_cfg(
         scales, placement, cal, config=cfg_dict, versions=versions, input_name=prepared.input_name,
-        input_shape=prepared.input_shape, dynamic_batch=prepared.dynamic_batch))
+        input_shape=prepared.input_shape, dynamic_batch=prepared.dynamic_batch),
+        "float_precision": rec.precision})
     write_json_atomic(stage / "dynamic_range.json", ex.dynamic_ranges(scales))
     write_text_atomic(stage / "calibration.cache", ex.calibration_cache_text(scales))
     write_text_atomic(stage / "resolved_config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
@@ -133,6 +134,7 @@ def _report(rec: RunRecord, versions: dict) -> dict:
         "layers": layers,
         "fallback": rec.fallback.as_dict() if rec.fallback else None,
         "placement": placement.as_dict(),
+        "float_precision": rec.precision,
         "timings_s": rec.timings,
         "versions": versions,
     }

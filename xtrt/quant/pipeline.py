@@ -121,18 +121,34 @@ def _run(job) -> QuantResult:
                 evaluator.evaluate_model(fb.qmodel)
         if fb is None:
             t.pop("fallback", None)
+        with t("float_precision"):       # export.float_precision (xtrt.quant.precision)
+            final_model, precision = _precision(cfg, prepared, final_model, cal_src, evaluator)
+            if precision["float_precision"] == "fp16":
+                final_eval = evaluator.evaluate_model(final_model)
         rec = RunRecord(job=job, prepared=prepared, calibrated=calibrated,
                         placement=final_placement, qmodel=final_model, evaluation=final_eval,
                         simulation=ev_sim, judged_on=evaluator.judged_on,
                         chosen_on=selector.judged_on if (search or fb) else None, task=evaluator.data.task,
                         analysis=analysis, fallback=fb.result if fb else None, search=search,
-                        timings=dict(t), scatter=scatter)
+                        timings=dict(t), scatter=scatter, precision=precision)
         check_evaluation(final_eval.outputs)     # PASSED only on real numbers
         check_evaluation(ev_sim.outputs, "PPQ's simulation")
         return write_outputs(rec)
     finally:
         evaluator.close()
         selector.close()
+
+
+def _precision(cfg, prepared, qmodel, cal_src, evaluator):
+    """FP16 or FP32 outside the Q/DQ pairs; both exports' fidelity (xtrt.quant.precision)."""
+    import itertools
+
+    from xtrt.quant.precision import precision_stage
+
+    return precision_stage(cfg.export.float_precision, qmodel,
+                           [b.feeds for b in itertools.islice(iter(cal_src), 2)], evaluator.data,
+                           plugin_nodes=prepared.tail_nodes, device=cfg.device,
+                           rtol=evaluator.rtol, atol=evaluator.atol)
 
 
 def prepare(job):
