@@ -55,7 +55,7 @@ def test_outputs_are_written(tiny_run):
     for name in ("quantized.onnx", "quant_cfg.json", "dynamic_range.json", "calibration.cache",
                  "report.json", "report.md", "resolved_config.yaml"):
         assert (out / name).is_file(), name
-    assert not [p for p in out.iterdir() if p.name.startswith(".xtrt-partial")]
+    assert not [p for p in out.iterdir() if p.name.startswith(".xtrt-staging")]
 
 
 def test_every_conv_and_gemm_input_and_weight_comes_through_dequantize(tiny_run):

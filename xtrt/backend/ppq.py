@@ -196,7 +196,7 @@ def calibrate(model, batches: Sequence[dict[str, np.ndarray]], *, device: str = 
         batches: calibration feeds (numpy, keyed by input name); materialised once here.
         method: percentile | kl | mse | minmax.
         fp32_ops: node names PPQ must leave in float.
-        lsq: None, or dict(steps, lr, block_size) to run LSQ fine-tuning after calibration.
+        lsq: None, or dict(steps, lr, block_size, seed) to run LSQ fine-tuning after calibration.
         act_ranges: tensor -> (low, high) collected elsewhere (xtrt.quant.observe, on ONNX
             Runtime); PPQ's runtime calibration pass is then skipped and each activation scale is
             set with PPQ's own ``minmax_to_scale_offset``.  Ignored with LSQ (which needs PPQ's
@@ -242,6 +242,14 @@ def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges,
         s.block_size = int(lsq.get("block_size", 4))
         s.collecting_device = device
         s.is_scale_trainable = True
+        # PPQ's LSQ picks its training batches with the global ``random`` module (and torch
+        # initialises nothing at random here): calibration.seed makes that repeatable
+        import random
+
+        import torch
+
+        random.seed(int(lsq.get("seed", 0)))
+        torch.manual_seed(int(lsq.get("seed", 0)))
     quantizer_cls = TensorRTQuantizer_InputOnly
     # dispatch with the input-only quantizer's op types, then apply our FP32 table
     graph = _dispatch(graph, quantizer_cls, setting)

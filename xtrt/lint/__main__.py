@@ -53,9 +53,23 @@ def _declared_float(model_path: Path, cfg_path: str | None) -> list[str]:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read {str(path)!r} as JSON: {exc}",
-                          "pass the quant_cfg.json written by xtrt.quant") from exc
-    names = list(data.get("float_ops") or {}) + list(data.get("decode_tail") or []) + \
-        list((data.get("float_precision") or {}).get("kept_fp32") or {})
+                          "pass the quant_cfg.json written by xtrt.quant with --quant-cfg, or "
+                          "move the broken file away") from exc
+    float_ops = data.get("float_ops") if isinstance(data, dict) else None
+    tail = data.get("decode_tail") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(float_ops or {}, (dict, list)) or \
+            not isinstance(tail or [], list):
+        raise ConfigError(f"{str(path)!r} is not an xtrt quant_cfg.json (expected an object with "
+                          "float_ops {node: reason} and decode_tail [nodes])",
+                          "pass the quant_cfg.json written by xtrt.quant with --quant-cfg, or "
+                          "move the other file away")
+    precision = data.get("float_precision")
+    kept = precision.get("kept_fp32") if isinstance(precision, dict) else None
+    if precision is not None and not isinstance(kept or {}, (dict, list)):
+        raise ConfigError(f"{str(path)!r} has a float_precision.kept_fp32 that is not a list of "
+                          "nodes", "pass the quant_cfg.json written by xtrt.quant with "
+                          "--quant-cfg, or move the other file away")
+    names = list(float_ops or {}) + list(tail or []) + list(kept or {})
     return [n if isinstance(n, str) else str(n) for n in names]
 
 

@@ -156,6 +156,12 @@ def after_calibration(cfg, cal, stats: dict, cal_batches, *, progress: bool = Tr
         passes["bias_correction"] = {"block_size": q.bias_correction.block_size,
                                      "batches": q.bias_correction.batches}
     if passes:
+        # PPQ's LSQ/AdaRound pick training batches with the global random module: seed it
+        # (calibration.seed) so a run repeats
+        import torch
+
+        random.seed(cfg.calibration.seed or 0)
+        torch.manual_seed(cfg.calibration.seed or 0)
         secs = ppq_backend.optimize(cal, feeds, device=cfg.device, progress=progress, **passes)
         info["passes"] = {k: {**v, "seconds": secs.get(k)} for k, v in passes.items()}
     cal.techniques = info
