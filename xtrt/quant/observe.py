@@ -98,14 +98,22 @@ class _StatsRunner:
             import torch
 
             return [torch.from_numpy(o) for o in outs]
+        import torch
+
         buffers = self._buffers.get(feeds)
         binding = self.sess.io_binding()
         for n, a in feeds.items():
             binding.bind_cpu_input(n, np.ascontiguousarray(a))
+        bound = 0
         for n, b in zip(self.names, buffers):
-            binding.bind_output(n, "cuda", 0, _np_dtype(b).type, tuple(b.shape), b.data_ptr())
-        self.sess.run_with_iobinding(binding)
-        binding.synchronize_outputs()
+            if n in feeds:    # a graph input: ORT leaves a buffer bound to it unwritten (seen on
+                b.copy_(torch.from_numpy(np.ascontiguousarray(feeds[n])))   # an H200): copy it
+            else:
+                binding.bind_output(n, "cuda", 0, _np_dtype(b).type, tuple(b.shape), b.data_ptr())
+                bound += 1
+        if bound:
+            self.sess.run_with_iobinding(binding)
+            binding.synchronize_outputs()
         return buffers
 
     def _output_specs(self, feeds: dict[str, np.ndarray]) -> list[tuple[tuple[int, ...], np.dtype]]:
@@ -113,16 +121,19 @@ class _StatsRunner:
         device (no host round trip of every activation, which cost seconds a method at batch 32)."""
         from onnx.helper import tensor_dtype_to_np_dtype
 
-        binding = self.sess.io_binding()
-        for n, a in feeds.items():
-            binding.bind_cpu_input(n, np.ascontiguousarray(a))
-        for n in self.names:
-            binding.bind_output(n, "cuda", 0)
-        self.sess.run_with_iobinding(binding)
-        specs = [(tuple(v.shape()), np.dtype(tensor_dtype_to_np_dtype(v.element_type())))
-                 for v in binding.get_outputs()]
-        binding.clear_binding_outputs()
-        return specs
+        outs = [n for n in self.names if n not in feeds]
+        specs = {n: (tuple(a.shape), np.dtype(a.dtype)) for n, a in feeds.items()}
+        if outs:
+            binding = self.sess.io_binding()
+            for n, a in feeds.items():
+                binding.bind_cpu_input(n, np.ascontiguousarray(a))
+            for n in outs:
+                binding.bind_output(n, "cuda", 0)
+            self.sess.run_with_iobinding(binding)
+            for n, v in zip(outs, binding.get_outputs()):
+                specs[n] = (tuple(v.shape()), np.dtype(tensor_dtype_to_np_dtype(v.element_type())))
+            binding.clear_binding_outputs()
+        return [specs[n] for n in self.names]
 
     @staticmethod
     def _allocate(specs):
