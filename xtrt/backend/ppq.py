@@ -91,6 +91,15 @@ def ppq_version() -> str:
     return str(getattr(_ppq(), "__version__", "0.6.6"))
 
 
+def _prelu_forward(op, values, ctx=None, **kwargs):
+    """ONNX PRelu (slope broadcast to X, e.g. [C, 1, 1] from torch): PPQ 0.6.6 calls
+    ``F.prelu``, which takes only a scalar or 1-D slope and fails on every torch export."""
+    import torch
+
+    x, slope = values
+    return torch.where(x >= 0, x, x * slope.to(x.dtype))
+
+
 def _install_handlers() -> None:
     """Register every xtrt op handler with PPQ's TorchExecutor, on every platform (idempotent)."""
     ppq = _ppq()
@@ -99,6 +108,11 @@ def _install_handlers() -> None:
 
     import xtrt.ops as ops
 
+    if "PRelu" not in _INSTALLED_HANDLERS:
+        for platform in TargetPlatform:
+            with contextlib.suppress(Exception):
+                register_operation_handler(_prelu_forward, "PRelu", platform)
+        _INSTALLED_HANDLERS.add("PRelu")
     for name in ops.REGISTRY.names():
         if name in _INSTALLED_HANDLERS:
             continue
