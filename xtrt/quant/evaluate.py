@@ -1,0 +1,81 @@
+"""Evaluation stage: the held-out images with their FP32 outputs, computed once, and the
+evaluation of any exported model (or PPQ's simulation) against them."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from xtrt.quant.verify import EvalData, Evaluation, evaluate
+
+__all__ = ["Evaluator", "build_evaluator", "task_and_layout"]
+
+log = logging.getLogger(__name__)
+
+
+def task_and_layout(cfg, shapes) -> tuple[str, str | None]:
+    """The evaluation task (``evaluation.task``, or read from the output shapes) and the
+    detection layout."""
+    from xtrt.analysis.decode import detect_layout
+    from xtrt.errors import DataError
+
+    layout = detect_layout(shapes)
+    task = cfg.evaluation.task
+    if task == "auto":
+        if layout is not None:
+            task = "detection"
+        elif len(shapes) == 1 and len(shapes[0]) == 2:
+            task = "classification"
+        else:
+            task = "generic"
+    if task == "detection" and layout is None:
+        raise DataError("evaluation.task is detection but the model's outputs are neither an NMS "
+                        "plugin tail nor a YOLO head [N, 4+C, anchors]",
+                        "set evaluation.task: generic (SQNR only)")
+    return task, layout
+
+
+@dataclass
+class Evaluator:
+    """Scores models on the held-out data; ``judged_on`` says what that data is."""
+
+    data: EvalData
+    device: str
+    rtol: float
+    atol: float
+    judged_on: str
+
+    def evaluate_model(self, model) -> Evaluation:
+        from xtrt.runtime.split import SplitRunner
+
+        runner = SplitRunner(model, device=self.device)
+        return evaluate(runner.run, self.data, rtol=self.rtol, atol=self.atol)
+
+    def evaluate_fn(self, run_fn) -> Evaluation:
+        return evaluate(run_fn, self.data, rtol=self.rtol, atol=self.atol)
+
+    def close(self) -> None:
+        self.data.close()
+
+
+def build_evaluator(job, prepared, source, *, kind: str | None = None) -> Evaluator:
+    """Run the source model once over ``source`` (held-out batches) and keep its outputs."""
+    from xtrt.data.store import BatchStore
+    from xtrt.model.load import dims_of, load_model
+    from xtrt.quant.verify import prepare_eval
+    from xtrt.runtime.split import SplitRunner
+
+    cfg = job.cfg
+    task, layout = task_and_layout(cfg, [dims_of(o) for o in prepared.model.graph.output])
+    ref_runner = SplitRunner(load_model(job.model_path), device=cfg.device)
+    store = BatchStore(spill_dir=job.stage / ".cache")
+    ed = prepare_eval(ref_runner, source, task, layout,
+                      annotations=str(cfg.path(cfg.evaluation.annotations))
+                      if cfg.evaluation.annotations else None,
+                      conf=cfg.evaluation.conf_threshold, iou=cfg.evaluation.iou_threshold,
+                      store=store)
+    if cfg.evaluation.labels and task == "classification":
+        from xtrt.analysis.classify import load_labels
+        ed.labels = load_labels(str(cfg.path(cfg.evaluation.labels)), store.paths)
+    kind = kind or ("calibration" if job.judged_on_calibration else "held-out")
+    return Evaluator(ed, cfg.device, cfg.evaluation.rtol, cfg.evaluation.atol,
+                     f"{ed.count} {kind} images")
