@@ -16,12 +16,15 @@ DATA = Path(__file__).resolve().parents[2] / "data"
 MIN_HELD_OUT, MIN_REFERENCE_BOXES = 30, 30
 
 
-def _split(config: Path, photos: Path):
-    from xtrt.quant.pipeline import _files
+def _split(config: Path, photos: Path, tmp: Path):
+    """(config, calibration files, the held-out files the report's figures are judged on)."""
+    from xtrt.quant.job import QuantJob
 
-    cfg = load_config(config, [f"calibration.data={photos}"])
-    cal, held = _files(cfg)
-    return cfg, cal, held
+    cfg = load_config(config, [f"calibration.data={photos}", f"output_dir={tmp / 'out'}"])
+    job = QuantJob.from_config(cfg, progress=False)
+    job.release()
+    assert not job.judged_on_calibration
+    return cfg, job.calibration_files, job.heldout_files
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +34,8 @@ def readme_photos(photos):
     return photos
 
 
-def test_effnet_example_holds_out_30_photos(readme_photos):
-    cfg, cal, held = _split(DATA / "effnet_lite0.yaml", readme_photos)
+def test_effnet_example_holds_out_30_photos(readme_photos, tmp_path):
+    cfg, cal, held = _split(DATA / "effnet_lite0.yaml", readme_photos, tmp_path)
     assert not set(cal) & set(held)
     assert len(held) >= MIN_HELD_OUT, len(held)
 
@@ -48,7 +51,7 @@ def test_yolo_example_reference_has_30_boxes(readme_photos, tmp_path):
         src = locate_nudenet_model()
     except XtrtError:
         pytest.skip("nudenet is not installed (pip install --no-deps nudenet==3.4.2)")
-    cfg, cal, held = _split(DATA / "yolov8n_e2e.yaml", readme_photos)
+    cfg, cal, held = _split(DATA / "yolov8n_e2e.yaml", readme_photos, tmp_path)
     assert len(held) >= MIN_HELD_OUT and not set(cal) & set(held)
     # the README builds the model with --score 0.05, the config's reference threshold
     model = build_yolo_e2e(src, tmp_path / "e2e.onnx", score=cfg.evaluation.conf_threshold)
