@@ -137,8 +137,8 @@ def _image_files(kind: str, cache: Path) -> list[Path]:
 def image_split(kind: str, work: str | Path, *, n_cal: int = CAL_IMAGES) -> tuple[Path, Path, int]:
     """Disjoint calibration and held-out folders for an image set; returns (cal, held-out, count).
 
-    Every third file (sorted by name) goes to calibration until ``n_cal`` are taken; the rest is
-    held out, at most ``HELDOUT[kind]`` files.
+    ``n_cal`` files evenly spaced over the sorted names go to calibration; the rest is held out,
+    at most ``HELDOUT[kind]`` files.
     """
     work = Path(work)
     files = _image_files(kind, work / "_images")
@@ -146,7 +146,7 @@ def image_split(kind: str, work: str | Path, *, n_cal: int = CAL_IMAGES) -> tupl
         raise DataError(f"only {len(files)} '{kind}' images found",
                         "install opencv-doc's sample data (python -m xtrt.examples.photos DIR "
                         "--download)")
-    cal = files[::3][:n_cal]
+    cal = [files[int(i * len(files) / n_cal)] for i in range(n_cal)]
     held = [f for f in files if f not in cal][:HELDOUT[kind]]
     dirs = []
     for sub, group in (("cal", cal), ("heldout", held)):

@@ -45,6 +45,7 @@ class CorpusResult:
     trt_error: str = ""
     int8_convs: int | None = None
     convs: int | None = None
+    trt_seconds: float = 0.0
     fidelity: str = ""
     min_sqnr_db: float | None = None
     held_out: int | None = None
@@ -138,6 +139,7 @@ def _trt(res: CorpusResult, quantized: Path) -> None:
     if not rep.ok:
         res.trt_error = (rep.parse_errors + rep.build_errors + ["no engine"])[0]
     res.int8_convs, res.convs = rep.int8_convolutions, len(rep.convolutions)
+    res.trt_seconds = rep.seconds
 
 
 def _fidelity(res: CorpusResult, out_dir: Path) -> None:
