@@ -87,6 +87,7 @@ def test_image_split_is_disjoint_and_config_uses_it(tmp_path, monkeypatch):
     assert cfg["evaluation"]["count"] == 12 and cfg["evaluation"]["task"] == "generic"
     assert cfg["input"]["shape"] == [2, 3, 8, 8]
     assert set(cfg) == {"model", "output_dir", "input", "preprocess", "calibration", "evaluation"}
+    assert set(cfg["evaluation"]) == {"data", "count", "batch_size", "task"}
 
 
 def test_gray_height64_is_ddddocr_preprocessing():
