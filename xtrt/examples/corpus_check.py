@@ -57,12 +57,13 @@ class CorpusResult:
 
 def run_quant(config: Path) -> tuple[int, str, float]:
     """Run ``xtrt.quant`` in-process; returns (exit code, last ``error:`` line, seconds)."""
+    from xtrt.cli import run_main
     from xtrt.quant.__main__ import main
 
     err = io.StringIO()
     t0 = time.perf_counter()
-    with contextlib.redirect_stderr(err):
-        rc = main(["--config", str(config), "-q"])
+    with contextlib.redirect_stderr(err):  # run_main maps XtrtError to one "error:" line, rc 1
+        rc = run_main(main, ["--config", str(config), "-q"])
     lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("error:")]
     return rc, (lines[-1] if lines else ""), time.perf_counter() - t0
 
