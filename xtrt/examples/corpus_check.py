@@ -62,9 +62,14 @@ def run_quant(config: Path) -> tuple[int, str, float]:
 
     err = io.StringIO()
     t0 = time.perf_counter()
+    crash = ""
     with contextlib.redirect_stderr(err):  # run_main maps XtrtError to one "error:" line, rc 1
-        rc = run_main(main, ["--config", str(config), "-q"])
-    lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("error:")]
+        try:
+            rc = run_main(main, ["--config", str(config), "-q"])
+        except Exception as exc:  # anything else is an xtrt bug: record it as the row's failure
+            rc, crash = 1, f"crash (traceback): {type(exc).__name__}: {str(exc).splitlines()[0]}"
+    lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("error:")] + \
+        ([crash] if crash else [])
     return rc, (lines[-1] if lines else ""), time.perf_counter() - t0
 
 
