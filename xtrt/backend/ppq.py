@@ -268,12 +268,16 @@ def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges,
 
 
 def _collect_scales(res: CalibrationResult) -> None:
-    """Read the scales of every quantized Conv/Gemm/MatMul/pool input out of the PPQ graph."""
+    """Read the scales of every quantized Conv/Gemm/MatMul/pool input out of the PPQ graph.
+
+    An overlapped config reads its dominant config's scale (PPQ's ``scale`` follows
+    ``dominated_by``); a tensor read by several quantized ops gets one scale, the first met."""
     import torch
     from ppq.core import QuantizationStates, TargetPlatform
 
     res.act_scales.clear(), res.weight_scales.clear(), res.weights.clear()
     res.quantized_ops.clear(), res.fp32_ops.clear()
+    per_tensor: dict[str, float] = {}   # one scale per tensor, shared by all its consumers
     for op in res.graph.operations.values():
         cfg = getattr(op, "config", None)
         if cfg is None or op.platform == TargetPlatform.FP32 or op.type not in QUANTIZED_OP_TYPES:
@@ -292,7 +296,8 @@ def _collect_scales(res: CalibrationResult) -> None:
                 axis = qc.channel_axis if qc.channel_axis is not None else 0
                 res.weight_scales[(op.name, i)] = (scale.reshape(-1), int(axis))
             else:
-                res.act_scales[(op.name, i)] = float(scale.reshape(-1)[0])
+                res.act_scales[(op.name, i)] = per_tensor.setdefault(
+                    var.name, float(scale.reshape(-1)[0]))
 
 
 def rescale(result: CalibrationResult, method: str, *,
@@ -332,45 +337,65 @@ def _weight_scales(graph) -> None:
                 qc.scale = scale.to(qc.scale.device).reshape(qc.scale.shape)
 
 
+def _activation_configs(graph):
+    """(variable, config, consuming op) for every activation input config, in graph order.
+
+    PPQ overlaps a config when another one owns the tensor's quantization (the output config of a
+    GlobalAveragePool/AveragePool feeding a Conv, the configs of a fused pair): such a config is
+    ``OVERLAPPED`` and ``dominated_by`` points at its owner, whose scale it shares."""
+    for op in graph.operations.values():
+        cfg = getattr(op, "config", None)
+        if cfg is None:
+            continue
+        for var, qc in zip(op.inputs, cfg.input_quantization_config):
+            if not var.is_parameter:
+                yield var, qc, op
+
+
 def _apply_stats(graph, method: str, ranges: dict, hists: dict, reapply: bool = False) -> None:
     """Activate every activation quant config from statistics collected on ONNX Runtime, with
     PPQ's own rules: ``minmax_to_scale_offset`` for ranges, the kl / mse observer's
-    ``hist_to_scale_offset`` for histograms."""
+    ``hist_to_scale_offset`` for histograms.
+
+    The scale is set on the dominant config (``dominated_by``), once, from the statistics of the
+    tensor its consumers read; overlapped configs then share it, as PPQ intends."""
     import torch
     from ppq.core import QuantizationStates
     from ppq.quantization.observer.range import (TorchHistObserver, TorchMSEObserver,
                                                  minmax_to_scale_offset)
 
     observer_cls = {"kl": TorchHistObserver, "mse": TorchMSEObserver}.get(method)
-    missing = []
-    for op in graph.operations.values():
-        cfg = getattr(op, "config", None)
-        if cfg is None:
+    missing: list[str] = []
+    done: set[int] = set()
+    for var, qc, op in _activation_configs(graph):
+        root = qc.dominated_by
+        if id(root) in done:
             continue
-        for var, qc in zip(op.inputs, cfg.input_quantization_config):
-            if var.is_parameter:
-                continue
-            if qc.state != QuantizationStates.INITIAL and not (
-                    reapply and qc.state == QuantizationStates.ACTIVATED):
-                continue
-            if observer_cls is not None and var.name in hists:
-                hist, width = hists[var.name]
-                obs = observer_cls(watch_on=var, quant_cfg=qc)
-                scale, offset = obs.hist_to_scale_offset(
-                    histogram=torch.from_numpy(hist.astype(np.int64)), hist_bins=len(hist),
-                    hist_scale=float(width), config=qc)
-            elif var.name in ranges:
-                lo, hi = ranges[var.name]
-                scale, offset = minmax_to_scale_offset(float(lo), float(hi), qc)
-            else:
-                missing.append(var.name)
-                continue
-            qc.scale = torch.tensor(scale, dtype=torch.float32)
-            qc.offset = torch.tensor(offset, dtype=torch.float32)
-            qc.state = QuantizationStates.ACTIVATED
+        if root.state != QuantizationStates.INITIAL and not (
+                reapply and root.state == QuantizationStates.ACTIVATED):
+            continue
+        if observer_cls is not None and var.name in hists:
+            hist, width = hists[var.name]
+            obs = observer_cls(watch_on=var, quant_cfg=root)
+            scale, offset = obs.hist_to_scale_offset(
+                histogram=torch.from_numpy(hist.astype(np.int64)), hist_bins=len(hist),
+                hist_scale=float(width), config=root)
+        elif var.name in ranges:
+            lo, hi = ranges[var.name]
+            scale, offset = minmax_to_scale_offset(float(lo), float(hi), root)
+        else:
+            missing.append(f"{op.name} ({op.type}) input {var.name!r}")
+            continue
+        root.scale = torch.tensor(scale, dtype=torch.float32)
+        root.offset = torch.tensor(offset, dtype=torch.float32)
+        root.state = QuantizationStates.ACTIVATED
+        done.add(id(root))
     if missing:
-        raise QuantizationError(f"no calibration statistics for {len(missing)} tensor(s), e.g. "
-                                f"{missing[0]!r}", "report the model to xtrt")
+        raise QuantizationError(
+            f"no calibration statistics for {len(missing)} quantized input(s), e.g. node "
+            f"{missing[0]}: ONNX Runtime did not report that tensor",
+            "report the model to xtrt; meanwhile exclude the node with "
+            f"quantization.exclude_nodes: [{missing[0].split(' ')[0]}]")
 
 
 def _dispatch(graph, quantizer_cls, setting):

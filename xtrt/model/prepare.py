@@ -19,7 +19,9 @@ from typing import Sequence
 import numpy as np
 
 from xtrt.errors import ModelError
+from xtrt.model.batch import check_batch_runs, unbake_batch
 from xtrt.model.load import input_infos, output_names
+from xtrt.model.lower import lower_new_ops
 from xtrt.model.opset import TARGET_OPSET, convert_opset, model_opset
 
 __all__ = ["PreparedModel", "prepare_model", "resolve_input_shape"]
@@ -88,13 +90,32 @@ def _set_input_dims(model, name: str, shape: Sequence[int], batch_dim) -> None:
                     d.dim_value = int(shape[i])
 
 
-def _clear_output_shapes(model) -> None:
-    """Symbolic output dims derived from H/W would otherwise stay stale."""
+def _batch_dim(dim, input_name: str, steps: list[str]) -> str | int:
+    """The batch as the prepared model names it: a symbolic name stays; ``-1``, ``0`` or a
+    missing dim (what Paddle2ONNX and some TensorFlow exporters write for "any batch") become the
+    symbolic ``N``, so folding never bakes the calibration batch in; a positive size stays fixed."""
+    if isinstance(dim, str) and dim:
+        return dim
+    if isinstance(dim, int) and dim > 0:
+        return dim
+    steps.append(f"input {input_name}: batch {dim if dim is not None else '(missing)'} "
+                 "relabelled as symbolic N (dynamic batch)")
+    return "N"
+
+
+def _clear_output_shapes(model, batch_dim) -> None:
+    """Symbolic output dims derived from H/W would otherwise stay stale; a ``-1``/``0`` batch on
+    an output becomes the input's symbolic batch."""
     for o in model.graph.output:
         tt = o.type.tensor_type
         if tt.HasField("shape"):
             for i, d in enumerate(tt.shape.dim):
-                if i > 0 and d.HasField("dim_param"):
+                if i == 0 and isinstance(batch_dim, str) and not d.HasField("dim_param") \
+                        and d.dim_value <= 0:
+                    d.Clear()
+                    d.dim_param = batch_dim
+                elif i > 0 and (d.HasField("dim_param") or
+                                (d.HasField("dim_value") and d.dim_value <= 0)):
                     d.Clear()
     del model.graph.value_info[:]
 
@@ -154,10 +175,8 @@ def prepare_model(source, input_shape: Sequence[int] | None = None, input_name: 
                          f"use one of {[i[0] for i in infos]} for input.name")
     _, dims, _ = match[0]
     shape = resolve_input_shape(dims, input_shape, input_name)
-    batch_dim = dims[0] if isinstance(dims[0], str) else (
-        "batch" if dims[0] is None or dims[0] == 0 else int(dims[0]))
-
     steps: list[str] = []
+    batch_dim = _batch_dim(dims[0], input_name, steps)
     plan = _split(source)
     body_src = plan.body if plan is not None else source
     if plan is not None:
@@ -165,9 +184,11 @@ def prepare_model(source, input_shape: Sequence[int] | None = None, input_name: 
     work = onnx.ModelProto()
     work.CopyFrom(body_src)
     _set_input_dims(work, input_name, shape, batch_dim)
-    _clear_output_shapes(work)
-    steps.append(f"input {input_name} fixed to {['N' if isinstance(batch_dim, str) else shape[0]] + shape[1:]}")
+    _clear_output_shapes(work, batch_dim)
+    steps.append(f"input {input_name} fixed to {[batch_dim if isinstance(batch_dim, str) else shape[0]] + shape[1:]}")
     n_before = len(source.graph.node)
+    work, notes = lower_new_ops(work, model_opset(work))
+    steps.extend(notes)
     try:
         slim = onnxslim.slim(work, model_check=False)
     except Exception as exc:
@@ -177,6 +198,8 @@ def prepare_model(source, input_shape: Sequence[int] | None = None, input_name: 
         raise ModelError("constant folding (onnxslim) returned no model", "re-export the model")
     steps.append(f"folded constants/shapes with onnxslim ({len(work.graph.node)} -> "
                  f"{len(slim.graph.node)} nodes)")
+    if isinstance(batch_dim, str):
+        steps.extend(unbake_batch(slim, batch_dim))
     src_opset = model_opset(source)
     body = convert_opset(slim, TARGET_OPSET)
     if src_opset != TARGET_OPSET:
@@ -193,6 +216,9 @@ def prepare_model(source, input_shape: Sequence[int] | None = None, input_name: 
         check_shape = list(shape)
         diff = _ort_check(ref, body, input_name, check_shape)
         steps.append(f"ORT check vs original: max abs diff {diff:.3g}")
+        if isinstance(batch_dim, str):
+            other = check_batch_runs(body, input_name, shape)
+            steps.append(f"runs at batch {other} too (batch {batch_dim} stays dynamic)")
 
     full = body
     tail_names: list[str] = []
