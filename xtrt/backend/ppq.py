@@ -256,6 +256,8 @@ def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges,
     except NotImplementedError as exc:
         raise UnsupportedOpError(f"PPQ cannot execute an op: {exc}",
                                  "register a handler with --plugin my_ops.py") from exc
+    except RuntimeError as exc:
+        raise _op_execution_error(exc, graph) from exc
     graph = quantizer._graph
     if fast:
         _apply_stats(graph, method, act_ranges or {}, act_hists or {})
@@ -265,6 +267,25 @@ def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges,
     _collect_scales(res)
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _op_execution_error(exc: RuntimeError, graph) -> Exception:
+    """PPQ's ``Op Execution Error: <node>(Type: <op>, ...)`` as one actionable line (the torch
+    error under it says why); any other RuntimeError is returned unchanged (a bug: traceback)."""
+    import re
+
+    m = re.match(r"Op Execution Error: (.+?)\(Type: ([^,]+),", str(exc))
+    if m is None:
+        return exc
+    name, op_type = m.group(1), m.group(2)
+    cause = exc.__cause__
+    why = " ".join(str(cause).split()) if cause is not None else "no reason given"
+    hint = ("if the node reshapes with a fixed batch, re-export the model with a dynamic batch or "
+            "set calibration.batch_size: 1; otherwise report the model to xtrt")
+    if op_type in QUANTIZED_OP_TYPES:
+        hint = f"keep it float with quantization.exclude_nodes: [{name}], or " + hint
+    return QuantizationError(f"PPQ's executor failed at node {name!r} ({op_type}): "
+                             f"{type(cause).__name__ if cause else 'RuntimeError'}: {why}", hint)
 
 
 def _collect_scales(res: CalibrationResult) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from xtrt.errors import ModelError
 
-__all__ = ["LOWERINGS", "lower_new_ops"]
+__all__ = ["LOWERINGS", "lower_new_ops", "explicit_conv_transpose_pads"]
 
 
 class _Emitter:
@@ -188,16 +188,15 @@ def lower_new_ops(model, opset: int) -> tuple[object, list[str]]:
 
     ``opset`` is the model's default-domain opset (GroupNormalization's scale layout depends on
     it).  Ops at opset 13 and ops of other domains are left alone."""
-    targets = {id(n) for n in model.graph.node
-               if n.domain in ("", "ai.onnx") and n.op_type in LOWERINGS}
-    if not targets:
+    nodes = list(model.graph.node)
+    if not any(n.domain in ("", "ai.onnx") and n.op_type in LOWERINGS for n in nodes):
         return model, []
     info = _tensor_info(model, opset)
-    used = {n.name for n in model.graph.node} | {i.name for i in model.graph.initializer}
+    used = {n.name for n in nodes} | {i.name for i in model.graph.initializer}
     counts: dict[str, int] = {}
     new_nodes = []
-    for node in model.graph.node:
-        if id(node) not in targets:
+    for node in nodes:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in LOWERINGS:
             new_nodes.append(node)
             continue
         e = _Emitter(node, used)
@@ -209,3 +208,23 @@ def lower_new_ops(model, opset: int) -> tuple[object, list[str]]:
     model.graph.node.extend(new_nodes)
     notes = [f"lowered {k} x{v} to opset-13 ops" for k, v in counts.items()]
     return model, notes
+
+
+def explicit_conv_transpose_pads(model) -> list[str]:
+    """Give every ConvTranspose without ``pads`` (and without ``auto_pad``) explicit zero pads,
+    in place: PPQ 0.6.6's ConvTranspose forward crashes on the attribute's default."""
+    from onnx import helper
+
+    fixed = []
+    for n in model.graph.node:
+        if n.op_type != "ConvTranspose" or n.domain not in ("", "ai.onnx"):
+            continue
+        names = {a.name for a in n.attribute}
+        if "pads" in names or _attr(n, "auto_pad", "NOTSET") != "NOTSET":
+            continue
+        kernel = _attr(n, "kernel_shape")
+        if kernel is None:
+            continue  # PPQ takes the rank from kernel_shape; without it the default is moot
+        n.attribute.append(helper.make_attribute("pads", [0] * (2 * len(kernel))))
+        fixed.append(n.name)
+    return [f"ConvTranspose {', '.join(map(repr, fixed))}: explicit zero pads"] if fixed else []

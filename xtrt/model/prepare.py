@@ -21,7 +21,8 @@ import numpy as np
 from xtrt.errors import ModelError
 from xtrt.model.batch import check_batch_runs, unbake_batch
 from xtrt.model.load import input_infos, output_names
-from xtrt.model.lower import lower_new_ops
+from xtrt.model.lower import explicit_conv_transpose_pads, lower_new_ops
+from xtrt.runtime.session import ort_message
 from xtrt.model.opset import TARGET_OPSET, convert_opset, model_opset
 
 __all__ = ["PreparedModel", "prepare_model", "resolve_input_shape"]
@@ -41,6 +42,7 @@ class PreparedModel:
     output_names: list[str]             # the source model's outputs, in order
     plugin_nodes: list[str] = field(default_factory=list)
     tail_nodes: list[str] = field(default_factory=list)
+    reference: object = None            # the source, batch fixes only: FP32 reference to judge by
     source_opset: int = 0
     nodes_before: int = 0
     nodes_after: int = 0
@@ -120,6 +122,23 @@ def _clear_output_shapes(model, batch_dim) -> None:
     del model.graph.value_info[:]
 
 
+def _reference(source, input_name: str, shape: Sequence[int], batch_dim, steps: list[str]):
+    """The source model as the FP32 reference: itself, or (dynamic batch) a copy whose batch is
+    the symbolic ``batch_dim`` and whose Reshape targets no longer bake a batch in, so that it
+    runs at the evaluation batch like the prepared model."""
+    import onnx
+
+    if not isinstance(batch_dim, str):
+        return source
+    ref = onnx.ModelProto()
+    ref.CopyFrom(source)
+    _set_input_dims(ref, input_name, shape, batch_dim)
+    _clear_output_shapes(ref, batch_dim)
+    notes = unbake_batch(ref, batch_dim)
+    steps.extend(notes)
+    return ref if notes or ref.graph.input != source.graph.input else source
+
+
 def _split(model):
     from xtrt.model import split as split_mod
 
@@ -177,8 +196,9 @@ def prepare_model(source, input_shape: Sequence[int] | None = None, input_name: 
     shape = resolve_input_shape(dims, input_shape, input_name)
     steps: list[str] = []
     batch_dim = _batch_dim(dims[0], input_name, steps)
-    plan = _split(source)
-    body_src = plan.body if plan is not None else source
+    reference = _reference(source, input_name, shape, batch_dim, steps)
+    plan = _split(reference)
+    body_src = plan.body if plan is not None else reference
     if plan is not None:
         steps.append(f"cut plugin tail ({', '.join(n.op_type for n in plan.tail_nodes)})")
     work = onnx.ModelProto()
@@ -204,10 +224,11 @@ def prepare_model(source, input_shape: Sequence[int] | None = None, input_name: 
     body = convert_opset(slim, TARGET_OPSET)
     if src_opset != TARGET_OPSET:
         steps.append(f"opset {src_opset} -> {TARGET_OPSET}")
+    steps.extend(explicit_conv_transpose_pads(body))
     try:
         onnx.checker.check_model(body)
     except Exception as exc:
-        raise ModelError(f"the prepared model fails onnx.checker: {str(exc).splitlines()[0][:160]}",
+        raise ModelError(f"the prepared model fails onnx.checker: {ort_message(exc)}",
                          "re-export the model at opset 13") from exc
     diff = None
     if check:
@@ -243,5 +264,5 @@ def prepare_model(source, input_shape: Sequence[int] | None = None, input_name: 
     return PreparedModel(model=full, body=body, input_name=input_name, input_shape=shape,
                          batch_dim=batch_dim, output_names=output_names(source),
                          plugin_nodes=plugin_names, tail_nodes=tail_names,
-                         source_opset=src_opset, nodes_before=n_before,
+                         reference=reference, source_opset=src_opset, nodes_before=n_before,
                          nodes_after=len(full.graph.node), max_abs_diff=diff, steps=steps)

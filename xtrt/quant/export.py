@@ -121,7 +121,7 @@ def export_qdq(model, cal, placement):
                 continue  # biases and other constants stay float
             s = cal.act_scales.get((node.name, i))
             if s is None:
-                missing.append(f"{node.name}:{i}")
+                missing.append((node.name, node.op_type, t))
                 continue
             key = (t, float(s))
             if key not in qdq_for_tensor:
@@ -138,9 +138,7 @@ def export_qdq(model, cal, placement):
                 qdq_for_tensor[key] = f"{t}_dequantized{suffix}"
             node.input[i] = qdq_for_tensor[key]
     if missing:
-        raise QuantizationError(f"no calibrated scale for {len(missing)} placed input(s), e.g. "
-                                f"{missing[0]}", "exclude that node (quantization.exclude_nodes) "
-                                "or report the model to xtrt")
+        raise _missing_scale_error(missing)
     nodes = []
     for node in g.node:
         nodes.extend(pending.get(node.name, []))
@@ -154,6 +152,20 @@ def export_qdq(model, cal, placement):
     g.initializer.extend(keep + new_inits)
     del g.value_info[:]
     return out
+
+
+def _missing_scale_error(missing: list[tuple[str, str, str]]) -> QuantizationError:
+    """One line for placed inputs without a calibrated scale: names every node (name and op
+    type) up to three, why, and the config line that keeps them float."""
+    nodes = list(dict.fromkeys((n, op) for n, op, _ in missing))
+    name, op, tensor = missing[0]
+    shown = ", ".join(f"{n!r} ({o})" for n, o in nodes[:3]) + \
+        (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+    return QuantizationError(
+        f"cannot quantize node {shown}: calibration gave no scale for {len(missing)} placed "
+        f"input(s), e.g. tensor {tensor!r} of node {name!r} ({op})",
+        f"keep it float with quantization.exclude_nodes: [{', '.join(n for n, _ in nodes)}] in "
+        "the config, and report the model to xtrt")
 
 
 def dynamic_ranges(scales: dict[str, float]) -> dict[str, float]:

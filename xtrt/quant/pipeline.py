@@ -138,7 +138,7 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     qmodel_all_int8 = qmodel
     lap("export", t0)
     t0 = time.perf_counter()
-    ref_runner = SplitRunner(source, device=cfg.device)
+    ref_runner = SplitRunner(prepared.reference or source, device=cfg.device)
     task, layout = _task_and_layout(cfg, [dims_of(o) for o in prepared.model.graph.output])
     ev_batches = []
     if ev_files:
