@@ -302,6 +302,31 @@ def yolo_head(classes: int = 2) -> onnx.ModelProto:
     return g.model([_inp()], [("output0", ["N", 4 + classes, 64])], name="yolo_head")
 
 
+def yolo_nms(classes: int = 2) -> onnx.ModelProto:
+    """:func:`yolo_head`'s layers, ending in an EfficientNMS_TRT plugin tail (boxes [N, A, 4],
+    scores [N, A, C]): four outputs ``num_dets``, ``det_boxes``, ``det_scores``, ``det_classes``."""
+    m = yolo_head(classes)
+    g = m.graph
+    head = [n for n in g.node if n.name == "head_concat"][0]
+    g.node.remove(head)
+    tr = [helper.make_node("Transpose", ["box_decode_out"], ["boxes"], name="boxes_t", perm=[0, 2, 1]),
+          helper.make_node("Transpose", ["score_sigmoid_out"], ["scores"], name="scores_t",
+                           perm=[0, 2, 1]),
+          helper.make_node("EfficientNMS_TRT", ["boxes", "scores"],
+                           ["num_dets", "det_boxes", "det_scores", "det_classes"],
+                           name="nms", background_class=-1, box_coding=1, iou_threshold=0.5,
+                           max_output_boxes=20, plugin_version="1", score_activation=0,
+                           score_threshold=0.25)]
+    g.node.extend(tr)
+    del g.output[:]
+    for name, dt, shape in (("num_dets", TensorProto.INT32, ["N", 1]),
+                            ("det_boxes", TensorProto.FLOAT, ["N", 20, 4]),
+                            ("det_scores", TensorProto.FLOAT, ["N", 20]),
+                            ("det_classes", TensorProto.INT32, ["N", 20])):
+        g.output.append(helper.make_tensor_value_info(name, dt, shape))
+    return m
+
+
 MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     "se_block": se_block,
     "residual_add": residual_add,
@@ -318,6 +343,7 @@ MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     "multi_output": multi_output,
     "paddle_batch": paddle_batch,
     "yolo_head": yolo_head,
+    "yolo_nms": yolo_nms,
     **{f"conv_net_{v}": (lambda v=v: conv_net(v)) for v in range(11, 22)},
 }
 

@@ -30,25 +30,6 @@ class QuantResult:
     seconds: float = 0.0
 
 
-def _task_and_layout(cfg: Config, shapes) -> tuple[str, str | None]:
-    from xtrt.analysis.decode import detect_layout
-
-    layout = detect_layout(shapes)
-    task = cfg.evaluation.task
-    if task == "auto":
-        if layout is not None:
-            task = "detection"
-        elif len(shapes) == 1 and len(shapes[0]) == 2:
-            task = "classification"
-        else:
-            task = "generic"
-    if task == "detection" and layout is None:
-        raise DataError("evaluation.task is detection but the model's outputs are neither an NMS "
-                        "plugin tail nor a YOLO head [N, 4+C, anchors]",
-                        "set evaluation.task: generic (SQNR only)")
-    return task, layout
-
-
 def _files(cfg: Config):
     from xtrt.data.images import list_files
     from xtrt.data.source import split_files
@@ -71,6 +52,7 @@ def _files(cfg: Config):
 def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     """Run the whole quantization job described by ``cfg``; see the module docstring."""
     from xtrt.analysis.fallback import run_fallback
+    from xtrt.analysis.task import infer_task
     from xtrt.quant.outputs import check_output_dir, write_outputs
     from xtrt.backend import ppq as ppq_backend
     from xtrt.data.preprocess import build_preprocess
@@ -139,7 +121,8 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     lap("export", t0)
     t0 = time.perf_counter()
     ref_runner = SplitRunner(prepared.reference or source, device=cfg.device)
-    task, layout = _task_and_layout(cfg, [dims_of(o) for o in prepared.model.graph.output])
+    task, layout = infer_task([dims_of(o) for o in prepared.model.graph.output],
+                              cfg.evaluation.task, prepared.input_shape[2:4])
     ev_batches = []
     if ev_files:
         ev_src = BatchSource(ev_files, prepared.input_name, sample, pre, cfg.evaluation.batch_size,
