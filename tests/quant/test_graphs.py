@@ -234,3 +234,41 @@ def test_multi_output_values_follow_the_source_order(workdir):
     rep = json.loads((out / "report.json").read_text())
     assert list(rep["outputs"]) == ["logits", "features", "embedding"]
     assert [rep["outputs"][n]["shape"] for n in rep["outputs"]] == [[10], [8, 16, 16], [8]]
+
+
+# ---- multi-input models ----------------------------------------------------------------------
+
+def test_multi_input_model_calibrates_from_npz_keyed_by_input_name(workdir):
+    rng = np.random.default_rng(0)
+    folder = workdir / "npz"
+    folder.mkdir()
+    for i in range(4):
+        np.savez(folder / f"b{i}.npz", image=rng.random((2, 3, mm.HW, mm.HW), dtype=np.float32),
+                 gain=rng.uniform(0.5, 1.5, (2, 8)).astype(np.float32))
+    rc, src, out, err = quantize(workdir, "multi_input", calibration={"data": "npz"},
+                                 evaluation={"count": 4, "batch_size": 2})
+    assert rc == 0, err
+    assert lint(out / "quantized.onnx")[0] == 0
+    q = onnx.load(out / "quantized.onnx")
+    assert [i.name for i in q.graph.input] == ["image", "gain"]
+    for batch in (1, 4):
+        feeds = feeds_for(onnx.load(src), batch, seed=batch)
+        ref = make_session(src).run(None, feeds)[0]
+        got = make_session(out / "quantized.onnx").run(None, feeds)[0]
+        assert sqnr_db(ref, got) > SQNR_FLOOR_DB
+
+
+def test_multi_input_model_with_images_is_one_line(workdir):
+    rc, _, out, err = quantize(workdir, "multi_input")
+    assert rc == 1 and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: images can feed only the image input 'image'")
+    assert "np.savez(f, image=..., gain=...)" in line
+
+
+def test_int64_image_input_is_one_line(workdir):
+    m = mm.conv_net(13)
+    m.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.INT64
+    rc, _, _, err = quantize(workdir, "int64_input", model=m)
+    assert rc == 1 and "Traceback" not in err
+    assert "input 'input' is int64; xtrt calibrates a float image input" in err

@@ -101,17 +101,19 @@ def unbake_batch(model, batch: str) -> list[str]:
     return notes
 
 
-def check_batch_runs(model, input_name: str, shape: Sequence[int]) -> int:
+def check_batch_runs(model, input_name: str, shape: Sequence[int],
+                     others: dict | None = None) -> int:
     """Run ``model`` on ONNX Runtime at a batch other than ``shape[0]``; returns that batch.
 
     Raises ModelError with ONNX Runtime's whole message when it does not run there."""
+    from xtrt.model.inputs import random_feeds
     from xtrt.runtime.session import make_session, ort_message
 
     other = 2 if int(shape[0]) == 1 else 1
-    x = np.random.default_rng(1).random((other, *shape[1:]), dtype=np.float32)
+    feeds = random_feeds(input_name, shape, others or {}, batch=other, seed=1)
     try:
         sess = make_session(model, "cpu")
-        sess.run(None, {input_name: x})
+        sess.run(None, feeds)
     except Exception as exc:
         raise ModelError(
             f"the prepared model declares a dynamic batch but does not run at batch {other}: "

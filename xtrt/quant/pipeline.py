@@ -96,7 +96,8 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     pre = build_preprocess(cfg.preprocess, tuple(prepared.input_shape[2:4]))
     sample = tuple(prepared.input_shape[1:])
     cal_src = BatchSource(cal_files, prepared.input_name, sample, pre, cfg.calibration.batch_size,
-                          progress="calibration data" if progress else None)
+                          progress="calibration data" if progress else None,
+                          other_inputs=prepared.other_inputs)
     cal_batches = list(cal_src)
     lap("calibration_data", t0)
 
@@ -126,7 +127,8 @@ def run_quant(cfg: Config, *, progress: bool = True) -> QuantResult:
     ev_batches = []
     if ev_files:
         ev_src = BatchSource(ev_files, prepared.input_name, sample, pre, cfg.evaluation.batch_size,
-                             progress="held-out data" if progress else None)
+                             progress="held-out data" if progress else None,
+                             other_inputs=prepared.other_inputs)
         ev_batches = list(ev_src)
     else:
         log.warning("no held-out images left for verification; verifying on the calibration "
