@@ -29,12 +29,12 @@ __all__ = ["LOWERINGS", "lower_new_ops", "explicit_conv_transpose_pads"]
 class _Emitter:
     """Collects the replacement nodes and constants of one rewritten node."""
 
-    def __init__(self, node, used: set[str]):
+    def __init__(self, node, used: set[str], opset: int = 13):
         self.node = node
+        self.opset = opset
         self.nodes: list = []
         self.inits: list = []
         self._used = used
-        self._k = 0
 
     def _name(self, what: str) -> str:
         base = f"{self.node.name or self.node.op_type}/{what}"
@@ -55,7 +55,6 @@ class _Emitter:
     def op(self, op_type: str, inputs, out: str | None = None, **attrs) -> str:
         from onnx import helper
 
-        self._k += 1
         name = self._name(op_type)
         out = out or name + "_out"
         self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=name, **attrs))
@@ -94,11 +93,19 @@ def _gelu(e: _Emitter, info) -> None:
     e.op("Mul", [half_x, e.op("Add", [t, e.const(1.0)])], y)
 
 
+def _mean(e: _Emitter, x: str, axes: list[int]) -> str:
+    """ReduceMean as the model's opset spells it (axes an input from 18, an attribute before),
+    so the rewritten graph is valid at its own opset; the opset-13 pass moves the axes later."""
+    if e.opset >= 18:
+        return e.op("ReduceMean", [x, e.const(axes, np.int64)], keepdims=1)
+    return e.op("ReduceMean", [x], axes=axes, keepdims=1)
+
+
 def _normalise(e: _Emitter, x: str, axes: list[int], eps: float) -> tuple[str, str, str]:
     """(normalised x, mean, std) over ``axes`` (keepdims)."""
-    mean = e.op("ReduceMean", [x], axes=axes, keepdims=1)
+    mean = _mean(e, x, axes)
     d = e.op("Sub", [x, mean])
-    var = e.op("ReduceMean", [e.op("Mul", [d, d])], axes=axes, keepdims=1)
+    var = _mean(e, e.op("Mul", [d, d]), axes)
     std = e.op("Sqrt", [e.op("Add", [var, e.const(eps)])])
     return e.op("Div", [d, std]), mean, std
 
@@ -134,8 +141,7 @@ def _groupnorm(e: _Emitter, info) -> None:
     rank = _rank(e, info, x)
     grouped = e.op("Reshape", [x, e.const([0, groups, -1], np.int64)])
     y, _, _ = _normalise(e, grouped, [2], float(_attr(n, "epsilon", 1e-5)))
-    per_group = info.get(("opset",)) is not None and info[("opset",)] < 21
-    if per_group:  # opset 18: scale/bias have one value per group
+    if e.opset < 21:  # opset 18: scale/bias have one value per group
         shape = e.const([groups, 1], np.int64)
         y = e.op("Add", [e.op("Mul", [y, e.op("Reshape", [scale, shape])]),
                          e.op("Reshape", [bias, shape])])
@@ -199,7 +205,7 @@ def lower_new_ops(model, opset: int) -> tuple[object, list[str]]:
         if node.domain not in ("", "ai.onnx") or node.op_type not in LOWERINGS:
             new_nodes.append(node)
             continue
-        e = _Emitter(node, used)
+        e = _Emitter(node, used, opset)
         LOWERINGS[node.op_type](e, info)
         new_nodes.extend(e.nodes)
         model.graph.initializer.extend(e.inits)
