@@ -134,8 +134,12 @@ def _load_graph(model):
         with _quiet():
             return load_onnx_graph(tmp)
     except KeyError as exc:
-        raise UnsupportedOpError(f"PPQ cannot parse op {exc}",
-                                 "register a handler with --plugin my_ops.py") from exc
+        op = str(exc.args[0]) if exc.args else "?"
+        nodes = [n.name for n in model.graph.node if n.op_type == op]
+        where = f" (node {nodes[0]!r}{f' and {len(nodes) - 1} more' if len(nodes) > 1 else ''})" \
+            if nodes else ""
+        raise UnsupportedOpError(f"PPQ cannot parse op {op!r}{where}",
+                                 "register a handler for it with --plugin my_ops.py") from exc
     except OSError as exc:
         from xtrt.errors import OutputError
         raise OutputError(f"cannot write a temporary file for PPQ: {exc.strerror or exc}",
