@@ -6,7 +6,7 @@
 The brief's yardstick (YOLOv8n 640, 512 images, H100): one FP32 pass on ORT's CUDA EP 0.65 s;
 PPQ's default percentile 138.6 s without its JIT CUDA kernels, 20.1 s with them (plus a 74 s build);
 ModelOpt max 10.3 s.  This script times what ``xtrt.quant`` does for each method: ONNX Runtime
-statistics over the calibration batches plus PPQ's scale rules (``xtrt.quant.pipeline._calibrate``).
+statistics over the calibration batches plus PPQ's scale rules (``xtrt.quant.calibrate.calibrate``).
 Image decoding and preprocessing are timed separately (they are the same for every tool).
 When the folder has fewer images than ``--count`` the files are cycled (said in the output).
 ``--ppq`` also times PPQ's own engine (``calibration.engine: ppq``) for percentile.
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     from xtrt.data.source import BatchSource
     from xtrt.model.load import load_model
     from xtrt.model.prepare import prepare_model
-    from xtrt.quant.pipeline import _calibrate
+    from xtrt.quant.calibrate import calibrate
     from xtrt.quant.placement import plan_placement
     from xtrt.runtime.session import make_session
 
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         cfg.device = a.device
         cfg.calibration.method = m
         t = time.perf_counter()
-        cal, _, _ = _calibrate(cfg, pm, placement, batches, None, False)
+        cal = calibrate(cfg, pm, placement, batches, progress=False).result
         rows.append((f"xtrt {m} (ORT statistics)", time.perf_counter() - t, len(cal.quantized_ops)))
     if a.ppq:
         t = time.perf_counter()

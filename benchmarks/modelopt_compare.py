@@ -160,7 +160,8 @@ def main(argv=None) -> int:
     from xtrt.model.load import dims_of, load_model
     from xtrt.model.prepare import prepare_model
     from xtrt.quant.export import export_qdq
-    from xtrt.quant.pipeline import _calibrate, _task_and_layout
+    from xtrt.quant.calibrate import calibrate
+    from xtrt.analysis.task import infer_task
     from xtrt.quant.placement import plan_placement
     from xtrt.quant.verify import evaluate, metric_value, prepare_eval
 
@@ -187,14 +188,15 @@ def main(argv=None) -> int:
     models["ModelOpt 0.47 int8 max, fp32"] = (mo_body, mo_inner)
 
     cfg = Config()
-    task, layout = _task_and_layout(cfg, [dims_of(o) for o in pm.model.graph.output])
+    task, layout = infer_task([dims_of(o) for o in pm.model.graph.output], cfg.evaluation.task,
+                              pm.input_shape[2:4])
     cals = {}
     for method in [m for m in args.methods.split(",") if m]:
         cfg = Config()
         cfg.calibration.method = method
         pl = plan_placement(pm.model, plugin_tail=pm.tail_nodes)
         t0 = time.perf_counter()
-        c, _, _ = _calibrate(cfg, pm, pl, cal, None, False)
+        c = calibrate(cfg, pm, pl, cal, progress=False).result
         pl.quantize = [n for n in pl.quantize if n in set(c.quantized_ops)]
         qbody = export_qdq(pm.body, c, pl)
         models[f"xtrt {method} (all INT8)"] = (qbody, time.perf_counter() - t0)

@@ -136,3 +136,33 @@ def test_cuda_statistics_match_cpu(tmp_path):
     for t in tensors:
         assert got[t][0].sum() == want[t][0].sum()
         assert got[t][1] == pytest.approx(want[t][1], rel=1e-3)
+
+
+def test_one_streamed_pass_gives_every_methods_statistics(tmp_path):
+    """collect_statistics (two passes for all four methods) equals the one-method collectors."""
+    from xtrt.quant.observe import collect_statistics
+
+    model = onnx.load(make_classifier(tmp_path / "m.onnx"))
+    batches = _batches(4)
+    passes = []
+
+    def feeds():
+        passes.append(1)
+        return iter(batches)
+
+    tensors = ["input", "r1"]
+    st = collect_statistics(model, tensors, feeds, ["percentile", "minmax", "kl", "mse"])
+    assert len(passes) == 2                      # not one (or two) per method
+    for m in ("percentile", "minmax"):
+        want = collect_ranges(model, tensors, batches, method=m)
+        for t in tensors:
+            assert st[m]["ranges"][t] == pytest.approx(want[t])
+    for m in ("kl", "mse"):
+        want = collect_histograms(model, tensors, batches, method=m)
+        for t in tensors:
+            h, w = st[m]["hists"][t]
+            assert w == pytest.approx(want[t][1])
+            assert np.abs(h - want[t][0]).sum() <= 2      # bin edges shared: at most rounding
+            assert h.sum() == want[t][0].sum()
+    assert collect_statistics(model, tensors, feeds, ["minmax"]).keys() == {"minmax"}
+    assert len(passes) == 3                      # minmax alone: one pass

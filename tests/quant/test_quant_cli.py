@@ -115,16 +115,19 @@ def test_report_numbers_match_a_reevaluation(tiny_run):
     tmp, model, out = tiny_run
     rep = json.loads((out / "report.json").read_text())
     assert rep["schema_version"] == 1 and rep["task"]["kind"] == "classification"
-    # re-evaluate top-1 agreement on the held-out files the run used (the files after calibration)
+    # re-evaluate top-1 agreement on the test part of the held-out files (the files after
+    # calibration, less the selection part auto chose its method on)
     from xtrt.config import PreprocessConfig
     from xtrt.data.images import list_files
     from xtrt.data.preprocess import build_preprocess
-    files = list_files(tmp / "images")[8:16]
+    from xtrt.quant.job import split_selection_test
+    selection, files = split_selection_test(list_files(tmp / "images")[8:16], 0.5)
+    assert len(files) == 4 and rep["summary"]["choices_made_on"] == "4 selection images"
     pre = build_preprocess(PreprocessConfig(preset="resize_crop", short_side=32, crop=[32, 32]))
     x = np.stack([pre(__import__("xtrt.data.images", fromlist=["x"]).decode_image(f))[0] for f in files])
     a = make_session(model).run(None, {"input": x})[0].argmax(1)
     b = make_session(out / "quantized.onnx").run(None, {"input": x})[0].argmax(1)
-    assert rep["task"]["agree"] == int((a == b).sum()) and rep["task"]["total"] == 8
+    assert rep["task"]["agree"] == int((a == b).sum()) and rep["task"]["total"] == 4
 
 
 def test_summary_line(tiny_config, capsys):
@@ -335,3 +338,29 @@ def test_auto_method_reports_every_candidate_and_keeps_the_best(tiny_run):
     best = max(search["candidates"], key=lambda c: (c["task_metric"], c["sqnr_db"]))
     assert search["chosen"] == best["method"] == rep["calibration"]["method"]
     assert rep["task"]["top1_agreement"] == pytest.approx(best["task_metric"])
+
+
+def test_summary_says_what_the_figures_were_judged_on(tmp_path, tiny_config, capsys):
+    # 12 images, 4 x 2 for calibration: 4 held out; auto chooses on 2 of them, reports on 2
+    assert run(["--config", str(tiny_config), "-q"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "judged on 2 held-out images" in line
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["summary"]["choices_made_on"] == "2 selection images"
+    assert rep["calibration"]["method_search"]["judged_on"].startswith("2 selection images")
+    # one method: nothing is chosen, all 4 held-out images are the test part
+    edit(tiny_config, calibration__method="minmax")
+    assert run(["--config", str(tiny_config), "-q"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "judged on 4 held-out images" in line
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["summary"]["judged_on"] == "4 held-out images"
+    assert rep["summary"]["calibration_images"] == 8 and rep["summary"]["held_out_images"] == 4
+    assert rep["summary"]["choices_made_on"] is None
+    # every image used for calibration: the figures are judged on them, and the summary says so
+    edit(tiny_config, calibration__steps=6)
+    assert run(["--config", str(tiny_config), "-q"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "judged on 12 calibration images" in line and "held-out" not in line
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["summary"]["held_out_images"] == 0

@@ -1,12 +1,17 @@
 """Calibration / evaluation sources: batches of numpy arrays keyed by input name.
 
-A source knows nothing of PPQ.  It streams: images are decoded and preprocessed one batch at a
-time, and preprocessed batches are kept for re-iteration only while they fit a memory budget.
+A source knows nothing of PPQ.  It streams: images are decoded and preprocessed a few at a time
+(by ``workers`` threads, in file order, so the batches are bit-identical to a serial run), and
+preprocessed batches are kept for re-iteration only while they fit a memory budget
+(``cache_bytes``); past it every pass decodes again, so memory does not grow with the image count.
 """
 from __future__ import annotations
 
 import logging
+import os
 import random
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -17,7 +22,15 @@ from xtrt.data.images import TENSOR_SUFFIXES, decode_image
 from xtrt.data.preprocess import PreMeta
 from xtrt.errors import DataError, XtrtError
 
-__all__ = ["Batch", "BatchSource", "split_files", "expected_sample_shape"]
+__all__ = ["Batch", "BatchSource", "split_files", "expected_sample_shape", "default_workers"]
+
+#: preprocessed batches a source keeps in memory for re-iteration (past it: decode again)
+DEFAULT_CACHE_BYTES = 256 << 20
+
+
+def default_workers() -> int:
+    """Decode threads: one per core, at most 8 (PIL's decoder and resizer release the GIL)."""
+    return max(1, min(8, os.cpu_count() or 1))
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +77,7 @@ class BatchSource:
         batch_size: samples per batch (the last batch may be smaller unless drop_last).
         limit: stop after this many samples.
         cache_bytes: keep preprocessed batches for re-iteration up to this many bytes.
+        workers: decode/preprocess threads (None: :func:`default_workers`; 1: serial).
         progress: wrap iteration in a tqdm bar with this description (None: no bar).
         other_inputs: a multi-input model's other inputs, name -> (per-sample dims, dtype name):
             only ``.npz`` files can feed them (one array per input name); images cannot.
@@ -71,8 +85,9 @@ class BatchSource:
 
     def __init__(self, files: Sequence[Path], input_name: str, sample_shape: tuple | None,
                  preprocess: Callable | None, batch_size: int = 1, *, limit: int | None = None,
-                 drop_last: bool = False, cache_bytes: int = 1 << 30, progress: str | None = None,
-                 dtype=np.float32, other_inputs: dict | None = None):
+                 drop_last: bool = False, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 progress: str | None = None, dtype=np.float32, workers: int | None = None,
+                 other_inputs: dict | None = None):
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}", "use a positive batch size")
         self.files = list(files)
@@ -85,6 +100,7 @@ class BatchSource:
         self.cache_bytes = cache_bytes
         self.progress = progress
         self.dtype = np.dtype(dtype)
+        self.workers = default_workers() if workers is None else max(1, int(workers))
         self.other_inputs = dict(other_inputs or {})
         self.skipped: list[tuple[Path, str]] = []
         self.used = 0
@@ -152,7 +168,18 @@ class BatchSource:
         for sample in arr:
             yield sample.astype(self.dtype, copy=False), PreMeta(tuple(sample.shape[-2:]))
 
-    def _image_sample(self, path: Path) -> tuple[np.ndarray, PreMeta] | None:
+    def _decode(self, path: Path):
+        """Decode + preprocess one image (runs in a worker): (x, meta) or the DataError."""
+        try:
+            img = decode_image(path)
+        except DataError as exc:
+            return exc
+        if self.preprocess is None:
+            raise DataError("image files need a preprocess preset", "set preprocess.preset")
+        x, meta = self.preprocess(img)
+        return np.asarray(x).astype(self.dtype, copy=False), meta
+
+    def _image_sample(self, path: Path, result) -> tuple[np.ndarray, PreMeta] | None:
         if self.other_inputs:
             names = [self.input_name, *self.other_inputs]
             raise DataError(f"images can feed only the image input {self.input_name!r}; the "
@@ -160,28 +187,51 @@ class BatchSource:
                             "give .npz calibration files with an array per input, np.savez(f, "
                             f"{', '.join(f'{n}=...' for n in names)}) (set input.name if "
                             "the image input is another one)")
-        try:
-            img = decode_image(path)
-        except DataError as exc:
-            self.skipped.append((path, exc.message))
-            log.debug("skipped %s: %s", path, exc.message)
+        if isinstance(result, DataError):
+            self.skipped.append((path, result.message))
+            log.debug("skipped %s: %s", path, result.message)
             return None
-        if self.preprocess is None:
-            raise DataError("image files need a preprocess preset", "set preprocess.preset")
-        x, meta = self.preprocess(img)
+        x, meta = result
         if self.sample_shape is not None and tuple(x.shape) != tuple(self.sample_shape):
             raise DataError(f"preprocessing gives {list(x.shape)} but input {self.input_name!r} "
                             f"takes {list(self.sample_shape)}",
                             "make preprocess.size/crop match the model input (or input.shape)")
-        return x.astype(self.dtype, copy=False), meta
+        return x, meta
+
+    def _decoded(self) -> Iterator[tuple[Path, object]]:
+        """(path, decode result) in file order; images decoded ahead by a bounded thread window."""
+        if self.workers <= 1:
+            for path in self.files:
+                yield path, (None if path.suffix.lower() in TENSOR_SUFFIXES else self._decode(path))
+            return
+        window = 2 * self.workers
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="xtrt-decode") as pool:
+            pending: deque = deque()
+            files = iter(self.files)
+            try:
+                while True:
+                    while len(pending) < window:
+                        path = next(files, None)
+                        if path is None:
+                            break
+                        tensor = path.suffix.lower() in TENSOR_SUFFIXES
+                        pending.append((path, None if tensor else pool.submit(self._decode, path)))
+                    if not pending:
+                        return
+                    path, fut = pending.popleft()
+                    yield path, (fut.result() if fut is not None else None)
+            finally:
+                for _, fut in pending:
+                    if fut is not None:
+                        fut.cancel()
 
     def _samples(self) -> Iterator[tuple[np.ndarray, PreMeta, Path]]:
         n = 0
-        for path in self.files:
+        for path, result in self._decoded():
             if path.suffix.lower() in TENSOR_SUFFIXES:
                 items = ((x, m) for x, m in self._tensor_samples(path))
             else:
-                one = self._image_sample(path)
+                one = self._image_sample(path, result)
                 items = iter([one] if one is not None else [])
             for x, meta in items:
                 yield x, meta, path

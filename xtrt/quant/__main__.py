@@ -41,7 +41,8 @@ def render_terminal(res) -> str:
     parts.append(render_table(outs, [("output", "output", None), ("sqnr_db", "SQNR dB", ".1f"),
                                       ("cosine", "cosine", ".5f"), ("isclose", "isclose", ".1%"),
                                       ("max_abs", "max abs", ".4g")],
-                              title="INT8 (ONNX Runtime) vs FP32 on held-out images"))
+                              title=f"INT8 (ONNX Runtime) vs FP32 on "
+                                    f"{r['summary'].get('judged_on', 'held-out images')}"))
     task = r.get("task") or {}
     if task.get("kind") == "classification":
         sim = task.get("ppq_simulation", {})
@@ -61,7 +62,7 @@ def render_terminal(res) -> str:
         parts.append(render_table(search["candidates"],
                                   [("method", "method", None), ("task_metric", "task metric", ".4f"),
                                    ("sqnr_db", "worst SQNR dB", ".2f")],
-                                  title=f"Calibration methods on the held-out images "
+                                  title=f"Calibration methods on {search.get('judged_on', 'held-out images').split(' (')[0]} "
                                         f"(chosen: {search['chosen']})"))
     layers = r.get("worst_layers") or []
     if layers:
@@ -95,10 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     cfg = load_config(args.config, overrides)
-    cfg.plugins = list(cfg.plugins) + list(args.plugin)
     from xtrt.quant.pipeline import run_quant
 
-    res = run_quant(cfg, progress=not args.quiet)
+    res = run_quant(cfg, progress=not args.quiet, plugins=args.plugin)
     if not args.quiet:
         print(render_terminal(res))
     r = res.report
@@ -112,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         metric = f", mAP50-95 vs FP32 {task['map50_95']:.3f} ({task['reference_boxes']} boxes)"
     worst = r["summary"].get("worst_layer")
     print(f"PASSED xtrt.quant in {time.perf_counter() - t0:.1f}s: {files}; "
-          f"{r['summary']['int8_ops']} ops INT8{metric}; worst layer {worst}")
+          f"{r['summary']['int8_ops']} ops INT8{metric}, judged on {r['summary']['judged_on']}; "
+          f"worst layer {worst}")
     return 0
 
 

@@ -17,11 +17,11 @@ Only a few numbers (or one histogram) per tensor are kept: memory does not grow 
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["FAST_METHODS", "PERCENTILE", "collect_ranges", "batch_range"]
+__all__ = ["FAST_METHODS", "PERCENTILE", "collect_ranges", "collect_statistics", "batch_range"]
 
 log = logging.getLogger(__name__)
 
@@ -187,3 +187,68 @@ def collect_histograms(model, tensors: Sequence[str], batches: Sequence[dict[str
             top = amax[t] if amax[t] > 0 else 1.0
             hists[t] += runner.abs_hist(v, bins, top)
     return {t: (hists[t], (amax[t] if amax[t] > 0 else 1.0) / bins) for t in names}
+
+
+def collect_statistics(model, tensors: Sequence[str],
+                       batches: Callable[[], Iterator[dict[str, np.ndarray]]],
+                       methods: Sequence[str], *, device: str = "cpu",
+                       progress: str | None = None) -> dict[str, dict]:
+    """Statistics for every method in ``methods`` from at most two streamed passes.
+
+    ``batches()`` returns a fresh iterator of feeds each time it is called (a pass).  Pass 1 gives
+    minmax and percentile ranges and |x| maxima from the same session run; pass 2 (only for kl or
+    mse) one histogram of |x| over ``[0, max|x|]`` with kl's 4096 bins, from which mse's 2048-bin
+    histogram is the sum of neighbouring bins (the same edges).  Returns
+    ``{method: {"ranges": ...}}`` or ``{method: {"hists": ...}}`` as the one-method collectors do.
+    """
+    methods = list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in FAST_METHODS]
+    if unknown:
+        raise ValueError(f"unknown calibration method(s) {unknown}")
+    runner = _StatsRunner(model, tensors, device)
+    names = runner.names
+    want_pct = "percentile" in methods
+    hist_methods = [m for m in methods if m in HIST_BINS]
+    lows = {m: {t: [] for t in names} for m in ("percentile", "minmax")}
+    highs = {m: {t: [] for t in names} for m in ("percentile", "minmax")}
+    amax = {t: 0.0 for t in names}
+
+    def bar(it, desc):
+        if not progress:
+            return it
+        from tqdm import tqdm
+        return tqdm(it, desc=desc, unit="batch", leave=False)
+
+    n_batches = 0
+    for feeds in bar(batches(), progress if not hist_methods else f"{progress} (1/2)"):
+        n_batches += 1
+        for t, v in zip(names, runner.run(feeds)):
+            lo, hi = runner.batch_range(v, "minmax")
+            lows["minmax"][t].append(lo), highs["minmax"][t].append(hi)
+            amax[t] = max(amax[t], abs(lo), abs(hi))
+            if want_pct:
+                lo, hi = runner.batch_range(v, "percentile")
+                lows["percentile"][t].append(lo), highs["percentile"][t].append(hi)
+    out: dict[str, dict] = {}
+    if n_batches == 0:
+        return out
+    if "minmax" in methods:
+        out["minmax"] = {"ranges": {t: (min(lows["minmax"][t]), max(highs["minmax"][t]))
+                                    for t in names}}
+    if want_pct:
+        out["percentile"] = {"ranges": {t: (float(np.mean(lows["percentile"][t])),
+                                            float(np.mean(highs["percentile"][t])))
+                                        for t in names}}
+    if hist_methods:
+        bins = HIST_BINS["kl"]
+        hists = {t: np.zeros(bins, np.int64) for t in names}
+        for feeds in bar(batches(), f"{progress} (2/2)" if progress else None):
+            for t, v in zip(names, runner.run(feeds)):
+                top = amax[t] if amax[t] > 0 else 1.0
+                hists[t] += runner.abs_hist(v, bins, top)
+        for m in hist_methods:
+            mb = HIST_BINS[m]
+            merge = bins // mb
+            out[m] = {"hists": {t: (hists[t].reshape(mb, merge).sum(axis=1),
+                                    (amax[t] if amax[t] > 0 else 1.0) / mb) for t in names}}
+    return {m: out[m] for m in methods if m in out}

@@ -1,5 +1,6 @@
 """Write a quantization run's outputs: the model and side files, report.json / report.md, plots,
-TensorBoard scalars.  Everything goes into a staging folder inside ``output_dir`` and is moved into
+TensorBoard scalars.  It renders the :class:`~xtrt.quant.result.RunRecord` it is given and
+computes nothing.  Everything goes into a staging folder inside ``output_dir`` and is moved into
 place only when all of it was written.
 """
 from __future__ import annotations
@@ -8,17 +9,15 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from xtrt.config import config_to_dict
 from xtrt.errors import OutputError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from xtrt.quant.pipeline import QuantResult
+from xtrt.quant.result import QuantResult, RunRecord
 
-__all__ = ["check_output_dir", "write_outputs"]
+__all__ = ["OutputClaim", "claim_output_dir", "write_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -35,95 +34,118 @@ def _versions() -> dict:
             "onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
 
 
-def check_output_dir(path: Path) -> Path:
+class OutputClaim:
+    """An output folder claimed for one run: a private staging folder inside it, moved into place
+    by :meth:`commit`, removed by :meth:`release`."""
+
+    def __init__(self, out_dir: Path, stage: Path):
+        self.out_dir, self.stage = out_dir, stage
+
+    def commit(self) -> dict[str, Path]:
+        files: dict[str, Path] = {}
+        try:
+            for item in sorted(self.stage.iterdir()):
+                if item.name.startswith("."):
+                    continue
+                dest = self.out_dir / item.name
+                if dest.is_dir() and item.is_dir():
+                    shutil.rmtree(dest)
+                os.replace(item, dest)
+                files[item.name] = dest
+        except OSError as exc:
+            raise OutputError(f"cannot move outputs into {str(self.out_dir)!r}: "
+                              f"{exc.strerror or exc}",
+                              "check free space and permissions of output_dir") from exc
+        return files
+
+    def release(self) -> None:
+        shutil.rmtree(self.stage, ignore_errors=True)
+
+
+def claim_output_dir(path: Path) -> OutputClaim:
+    """Create ``path`` and a staging folder in it, before any work (fails in one line)."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         stage = Path(os.path.join(path, f".xtrt-partial-{os.getpid()}"))
         if stage.exists():
             shutil.rmtree(stage)
         stage.mkdir()
-        return stage
+        return OutputClaim(path, stage)
     except OSError as exc:
         raise OutputError(f"cannot write to output folder {str(path)!r}: {exc.strerror or exc}",
                           "choose a writable output_dir (or fix its permissions)") from exc
 
 
-def write_outputs(stage: Path, out_dir: Path, cfg, prepared, cal, placement, qmodel, ev_int8, ev_sim,
-                   layers, fallback, timings, ed, qmodel_all_int8, cal_engine, search=None) -> QuantResult:
+def write_outputs(rec: RunRecord) -> QuantResult:
+    """Write every output of ``rec`` into the job's staging folder, then move them into place."""
     import yaml
 
     from xtrt.model.load import save_model_atomic
     from xtrt.quant import export as ex
-    from xtrt.report import REPORT_SCHEMA_VERSION
     from xtrt.report.files import write_json_atomic, write_text_atomic
     from xtrt.report.markdown import render_report_md
 
+    job, prepared, cal, placement = rec.job, rec.prepared, rec.calibrated.result, rec.placement
+    cfg, stage = job.cfg, job.stage
     versions = _versions()
     scales = ex.tensor_scales(prepared.model, cal, placement)
     cfg_dict = config_to_dict(cfg)
-    save_model_atomic(qmodel, stage / "quantized.onnx")
+    save_model_atomic(rec.qmodel, stage / "quantized.onnx")
     write_json_atomic(stage / "quant_cfg.json", ex.quant_cfg(
         scales, placement, cal, config=cfg_dict, versions=versions, input_name=prepared.input_name,
         input_shape=prepared.input_shape, dynamic_batch=prepared.dynamic_batch))
     write_json_atomic(stage / "dynamic_range.json", ex.dynamic_ranges(scales))
     write_text_atomic(stage / "calibration.cache", ex.calibration_cache_text(scales))
     write_text_atomic(stage / "resolved_config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+    report = _report(rec, versions)
+    plots = _plots(stage, report, rec.fallback, cfg, rec.scatter)
+    report["plots"] = [p.name for p in plots]
+    _tensorboard(stage, report)
+    write_json_atomic(stage / "report.json", report)
+    write_text_atomic(stage / "report.md", render_report_md(report))
+    shutil.rmtree(stage / ".cache", ignore_errors=True)
+    files = job._claim.commit()
+    return QuantResult(output_dir=job.output_dir, files=files, report=report)
 
-    worst = layers[0]["name"] if layers else None
-    report = {
+
+def _report(rec: RunRecord, versions: dict) -> dict:
+    from xtrt.report import REPORT_SCHEMA_VERSION
+
+    job, prepared, placement, plan = rec.job, rec.prepared, rec.placement, rec.calibrated.plan
+    cfg, ev, sim = job.cfg, rec.evaluation, rec.simulation
+    layers = rec.analysis.layers
+    return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "title": f"xtrt quantization report: {Path(cfg.model).name}",
         "summary": {
-            "model": str(cfg.path(cfg.model)), "task": ed.task, "device": cfg.device,
+            "model": str(job.model_path), "task": rec.task, "device": cfg.device,
             "int8_ops": len(placement.quantize), "float_ops": len(placement.keep_float),
-            "calibration_images": sum(1 for _ in cal.quantized_ops) and None,
-            "held_out_images": ev_int8.images, "worst_layer": worst,
+            "calibration_images": rec.calibrated.images,
+            "held_out_images": 0 if job.judged_on_calibration else ev.images,
+            "judged_on": rec.judged_on, "choices_made_on": rec.chosen_on,
+            "worst_layer": rec.analysis.worst,
         },
         "preparation": {"steps": prepared.steps, "source_opset": prepared.source_opset,
                         "nodes_before": prepared.nodes_before, "nodes_after": prepared.nodes_after,
                         "max_abs_diff_vs_source": prepared.max_abs_diff,
                         "dynamic_batch": prepared.dynamic_batch,
                         "calibration_shape": prepared.input_shape},
-        "calibration": {"method": (search or {}).get("chosen", cfg.calibration.method),
-                        "requested": cfg.calibration.method,
-                        "method_search": search, "seconds": timings.get("calibrate"),
-                        "engine": cal_engine,
-                        "lsq": cfg.quantization.lsq.enabled},
-        "outputs": ev_int8.outputs,
-        "task": _task_rows(ev_int8, ev_sim),
+        "calibration": {"method": rec.calibrated.method, "requested": plan.requested,
+                        "why": plan.reason, "method_search": rec.search,
+                        "seconds": rec.timings.get("calibrate"), "engine": plan.engine_text,
+                        "lsq": plan.lsq is not None},
+        "outputs": ev.outputs,
+        "task": _task_rows(ev, sim),
         "ppq_simulation": {"outputs": {k: {"sqnr_db": v["sqnr_db"], "cosine": v["cosine"]}
-                                       for k, v in ev_sim.outputs.items()},
-                           "task": ev_sim.task},
+                                       for k, v in sim.outputs.items()},
+                           "task": sim.task},
         "worst_layers": layers[:10],
         "layers": layers,
-        "fallback": fallback.as_dict() if fallback else None,
+        "fallback": rec.fallback.as_dict() if rec.fallback else None,
         "placement": placement.as_dict(),
-        "timings_s": timings,
+        "timings_s": rec.timings,
         "versions": versions,
     }
-    report["summary"].pop("calibration_images")
-    from xtrt.quant.pipeline import QuantResult
-
-    files = QuantResult(output_dir=out_dir, report=report)
-    plots = _plots(stage, report, fallback, cfg, prepared, qmodel_all_int8, ed.batches)
-    report["plots"] = [p.name for p in plots]
-    _tensorboard(stage, report)
-    write_json_atomic(stage / "report.json", report)
-    write_text_atomic(stage / "report.md", render_report_md(report))
-    # commit: move everything into place
-    try:
-        for item in sorted(stage.iterdir()):
-            dest = out_dir / item.name
-            if dest.is_dir() and item.is_dir():
-                shutil.rmtree(dest)
-            os.replace(item, dest)
-            files.files[item.name] = dest
-        stage.rmdir()
-    except OSError as exc:
-        raise OutputError(f"cannot move outputs into {str(out_dir)!r}: {exc.strerror or exc}",
-                          "check free space and permissions of output_dir") from exc
-    files.report = report
-    return files
 
 
 def _task_rows(ev_int8, ev_sim) -> dict:
@@ -132,43 +154,15 @@ def _task_rows(ev_int8, ev_sim) -> dict:
     return t
 
 
-def _tensor_values(model, tensor: str, batches, device: str) -> np.ndarray:
-    """Values of an intermediate tensor on ``batches`` (ORT; the body of a plugin model)."""
-    from xtrt.model.split import runnable_body, with_outputs
-    from xtrt.runtime.session import make_session
-
-    sess = make_session(with_outputs(runnable_body(model), [tensor]), device)
-    return np.concatenate([sess.run([tensor], b.feeds)[0].reshape(-1) for b in batches])
-
-
-def _worst_layer_scatter(stage: Path, prepared, qmodel, layer: str, batches, device: str):
+def _plots(stage: Path, report: dict, fallback, cfg, scatter=None) -> list[Path]:
     from xtrt.analysis.metrics import sqnr_db
     from xtrt.report import plots
 
-    node = next((n for n in prepared.model.graph.node if n.name == layer), None)
-    if node is None or not batches:
-        return None
-    out = node.output[0]
-    ref = _tensor_values(prepared.model, out, batches[:2], device)
-    test = _tensor_values(qmodel, out, batches[:2], device)
-    return plots.plot_activation_scatter(ref, test, f"{layer} output ({node.op_type})",
-                                         stage / "worst_layer_scatter.png",
-                                         sqnr_db=sqnr_db(ref, test))
-
-
-def _plots(stage: Path, report: dict, fallback, cfg, prepared=None, qmodel=None,
-           batches=()) -> list[Path]:
-    from xtrt.report import plots
-
     out = []
-    worst = (report.get("summary") or {}).get("worst_layer")
-    if worst and prepared is not None:
-        try:
-            p = _worst_layer_scatter(stage, prepared, qmodel, worst, list(batches), cfg.device)
-            if p is not None:
-                out.append(p)
-        except Exception as exc:  # a plot must never fail the run
-            log.warning("could not draw the worst layer's activations: %s", exc)
+    if scatter is not None:
+        ref, test, title = scatter
+        out.append(plots.plot_activation_scatter(ref, test, title, stage / "worst_layer_scatter.png",
+                                                 sqnr_db=sqnr_db(ref, test)))
     layers = report.get("layers") or []
     if layers:
         out.append(plots.plot_layer_snr(layers, stage / "layers_noise.png", metric="noise_ratio",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable
 
 import numpy as np
 
@@ -25,10 +25,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EvalData:
-    """Held-out batches with their reference (FP32) outputs, computed once and reused."""
+    """Held-out batches with their reference (FP32) outputs, computed once and reused.
 
-    batches: list                       # xtrt.data.source.Batch
-    ref_outputs: list[list[np.ndarray]]  # per batch, in output order
+    ``store`` holds each batch with its FP32 outputs (in output order), in memory up to a budget
+    and on disk past it (:class:`xtrt.data.store.BatchStore`), so any number of images fits.
+    """
+
+    store: object                       # xtrt.data.store.BatchStore: (batch, FP32 outputs)
     output_names: list[str]
     task: str                           # classification | detection | generic
     layout: str | None = None           # detection layout (e2e | yolo)
@@ -37,10 +40,23 @@ class EvalData:
     conf: float = 0.25
     iou: float = 0.45
     ref_detections: list[dict] = field(default_factory=list)
+    images: int = 0
 
     @property
     def count(self) -> int:
-        return sum(b.size for b in self.batches)
+        return self.images
+
+    @property
+    def batches(self) -> list:
+        """All batches as a list (small sets only; iterate ``pairs()`` otherwise)."""
+        return self.store.batches()
+
+    def pairs(self):
+        """``(batch, FP32 outputs)`` in order."""
+        return self.store.items()
+
+    def close(self) -> None:
+        self.store.close()
 
 
 @dataclass
@@ -69,15 +85,20 @@ def _detections(outs, ed: EvalData, batch) -> list[dict]:
     return decode_detections(outs, ed.layout, batch.metas, conf=ed.conf, iou=ed.iou)
 
 
-def prepare_eval(runner, batches: Sequence, task: str, layout: str | None, *,
-                 labels=None, annotations: str | None = None, conf=0.25, iou=0.45) -> EvalData:
-    """Run the FP32 model once over the held-out batches."""
-    refs = [runner.run(b.feeds) for b in batches]
-    ed = EvalData(list(batches), refs, list(runner.output_names), task, layout, labels,
-                  annotations, conf, iou)
-    if task == "detection":
-        for b, outs in zip(batches, refs):
-            ed.ref_detections.extend(_detections(outs, ed, b))
+def prepare_eval(runner, batches: Iterable, task: str, layout: str | None, *,
+                 labels=None, annotations: str | None = None, conf=0.25, iou=0.45,
+                 store=None) -> EvalData:
+    """Run the FP32 model once over the held-out batches (streamed into ``store``)."""
+    from xtrt.data.store import BatchStore
+
+    store = BatchStore() if store is None else store
+    ed = EvalData(store, list(runner.output_names), task, layout, labels, annotations, conf, iou)
+    for b in batches:
+        refs = runner.run(b.feeds)
+        store.append(b, refs)
+        ed.images += b.size
+        if task == "detection":
+            ed.ref_detections.extend(_detections(refs, ed, b))
     return ed
 
 
@@ -86,8 +107,10 @@ def evaluate(run_fn, ed: EvalData, *, rtol: float = 1e-2, atol: float = 1e-3) ->
     # per-rank statistics describe score vectors (classifiers, generic heads), not detections
     cmp = OutputComparer(ed.output_names, rtol=rtol, atol=atol,
                          max_rank=0 if ed.task == "detection" else 10)
-    logits_ref, logits_q, dets = [], [], []
-    for b, ref in zip(ed.batches, ed.ref_outputs):
+    logits_ref, logits_q, dets, sizes, files = [], [], [], [], []
+    for b, ref in ed.pairs():
+        sizes.extend(m.orig_hw for m in b.metas)
+        files.extend(str(p) for p in b.paths)
         outs = run_fn(b.feeds)
         cmp.update(ref, outs)
         if ed.task == "classification":
@@ -104,9 +127,7 @@ def evaluate(run_fn, ed: EvalData, *, rtol: float = 1e-2, atol: float = 1e-3) ->
             task["fp32_accuracy"] = topk_accuracy(r, ed.labels)
             task["int8_accuracy"] = topk_accuracy(q, ed.labels)
     elif ed.task == "detection":
-        sizes = [m.orig_hw for b in ed.batches for m in b.metas]
         if ed.annotations:
-            files = [str(p) for b in ed.batches for p in b.paths]
             fp = coco_map(ed.annotations, ed.ref_detections, image_files=files)
             q8 = coco_map(ed.annotations, dets, image_files=files)
             task.update(kind_map="coco", fp32_map50_95=fp["map50_95"], map50_95=q8["map50_95"],

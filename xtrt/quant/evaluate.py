@@ -1,0 +1,63 @@
+"""Evaluation stage: the held-out images with their FP32 outputs, computed once, and the
+evaluation of any exported model (or PPQ's simulation) against them."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from xtrt.quant.verify import EvalData, Evaluation, evaluate
+
+__all__ = ["Evaluator", "build_evaluator"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluator:
+    """Scores models on the held-out data; ``judged_on`` says what that data is."""
+
+    data: EvalData
+    device: str
+    rtol: float
+    atol: float
+    judged_on: str
+
+    def evaluate_model(self, model) -> Evaluation:
+        from xtrt.runtime.split import SplitRunner
+
+        runner = SplitRunner(model, device=self.device)
+        return evaluate(runner.run, self.data, rtol=self.rtol, atol=self.atol)
+
+    def evaluate_fn(self, run_fn) -> Evaluation:
+        return evaluate(run_fn, self.data, rtol=self.rtol, atol=self.atol)
+
+    def close(self) -> None:
+        self.data.close()
+
+
+def build_evaluator(job, prepared, source, *, kind: str | None = None) -> Evaluator:
+    """Run the source model once over ``source`` (held-out batches) and keep its outputs."""
+    from xtrt.analysis.task import infer_task
+    from xtrt.data.store import BatchStore
+    from xtrt.model.load import dims_of, load_model
+    from xtrt.quant.verify import prepare_eval
+    from xtrt.runtime.split import SplitRunner
+
+    cfg = job.cfg
+    task, layout = infer_task([dims_of(o) for o in prepared.model.graph.output],
+                              cfg.evaluation.task, prepared.input_shape[2:4])
+    reference = prepared.reference if prepared.reference is not None else \
+        load_model(job.model_path)   # the source with batch fixes only (xtrt.model.prepare)
+    ref_runner = SplitRunner(reference, device=cfg.device)
+    store = BatchStore(spill_dir=job.stage / ".cache")
+    ed = prepare_eval(ref_runner, source, task, layout,
+                      annotations=str(cfg.path(cfg.evaluation.annotations))
+                      if cfg.evaluation.annotations else None,
+                      conf=cfg.evaluation.conf_threshold, iou=cfg.evaluation.iou_threshold,
+                      store=store)
+    if cfg.evaluation.labels and task == "classification":
+        from xtrt.analysis.classify import load_labels
+        ed.labels = load_labels(str(cfg.path(cfg.evaluation.labels)), store.paths)
+    kind = kind or ("calibration" if job.judged_on_calibration else "held-out")
+    return Evaluator(ed, cfg.device, cfg.evaluation.rtol, cfg.evaluation.atol,
+                     f"{ed.count} {kind} images")
