@@ -65,6 +65,30 @@ def tensor_scales(model, cal, placement) -> dict[str, float]:
     return out
 
 
+def _weight_dq(node, i: int, t: str, init, cal, new_inits: list, emit: list) -> str:
+    """INT8 weight ``t`` (input ``i`` of ``node``) with a per-output-channel DequantizeLinear
+    appended to ``emit``; returns the dequantized tensor's name."""
+    from onnx import helper, numpy_helper
+
+    w = cal.weights.get(t)
+    if w is None:
+        w = numpy_helper.to_array(init).astype(np.float32)
+    axis = _output_channel_axis(node, w.ndim)
+    got = cal.weight_scales.get((node.name, i))
+    scale = got[0] if got is not None and got[1] == axis and \
+        got[0].size == w.shape[axis] else _weight_scale(w, axis)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.rint(w / scale.reshape(shape)), -128, 127).astype(np.int8)
+    qname, sname, zname = f"{t}_int8", f"{t}_scale", f"{t}_zero_point"
+    new_inits.append(numpy_helper.from_array(q, qname))
+    new_inits.append(numpy_helper.from_array(scale.astype(np.float32), sname))
+    new_inits.append(numpy_helper.from_array(np.zeros(scale.size, np.int8), zname))
+    emit.append(helper.make_node("DequantizeLinear", [qname, sname, zname], [f"{t}_dequantized"],
+                                 name=f"{t}_DequantizeLinear", axis=axis))
+    return f"{t}_dequantized"
+
+
 def export_qdq(model, cal, placement):
     """Return a copy of the prepared ``model`` with Q/DQ written per ``placement``.
 
@@ -96,25 +120,8 @@ def export_qdq(model, cal, placement):
                 continue
             if t in inits and (node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")) and i == 1:
                 if t not in dq_for_weight:
-                    w = cal.weights.get(t)
-                    if w is None:
-                        w = numpy_helper.to_array(inits[t]).astype(np.float32)
-                    axis = _output_channel_axis(node, w.ndim)
-                    got = cal.weight_scales.get((node.name, i))
-                    scale = got[0] if got is not None and got[1] == axis and \
-                        got[0].size == w.shape[axis] else _weight_scale(w, axis)
-                    shape = [1] * w.ndim
-                    shape[axis] = -1
-                    q = np.clip(np.rint(w / scale.reshape(shape)), -128, 127).astype(np.int8)
-                    qname, sname, zname = f"{t}_int8", f"{t}_scale", f"{t}_zero_point"
-                    new_inits.append(numpy_helper.from_array(q, qname))
-                    new_inits.append(numpy_helper.from_array(scale.astype(np.float32), sname))
-                    new_inits.append(numpy_helper.from_array(np.zeros(scale.size, np.int8), zname))
-                    dq_out = f"{t}_dequantized"
-                    pending[node.name].append(helper.make_node(
-                        "DequantizeLinear", [qname, sname, zname], [dq_out],
-                        name=f"{t}_DequantizeLinear", axis=axis))
-                    dq_for_weight[t] = dq_out
+                    dq_for_weight[t] = _weight_dq(node, i, t, inits[t], cal, new_inits,
+                                                  pending[node.name])
                 node.input[i] = dq_for_weight[t]
                 continue
             if t in inits:
