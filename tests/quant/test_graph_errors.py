@@ -3,7 +3,6 @@ it; ONNX Runtime's message passed through whole."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 
 from tests.models import make_models as mm

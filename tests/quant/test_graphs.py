@@ -272,3 +272,16 @@ def test_int64_image_input_is_one_line(workdir):
     rc, _, _, err = quantize(workdir, "int64_input", model=m)
     assert rc == 1 and "Traceback" not in err
     assert "input 'input' is int64; xtrt calibrates a float image input" in err
+
+
+@pytest.mark.parametrize("name", ["se_block", "avgpool_conv"])
+def test_overlapped_configs_with_ppqs_own_calibration(workdir, name):
+    """calibration.engine: ppq calibrates on PPQ's executor: the overlapped configs read their
+    dominant config's scale there too."""
+    rc, src, out, err = quantize(workdir, name, calibration={"engine": "ppq"})
+    assert rc == 0, err
+    assert lint(out / "quantized.onnx")[0] == 0
+    feeds = feeds_for(onnx.load(src), 4)
+    ref = make_session(src).run(None, feeds)[0]
+    got = make_session(out / "quantized.onnx").run(None, feeds)[0]
+    assert sqnr_db(ref, got) > SQNR_FLOOR_DB
