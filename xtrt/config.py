@@ -18,6 +18,7 @@ from xtrt.errors import ConfigError
 
 __all__ = [
     "Config", "InputConfig", "PreprocessConfig", "CalibrationConfig", "LsqConfig",
+    "EqualizationConfig", "AdaroundConfig", "BiasCorrectionConfig",
     "QuantizationConfig", "EvaluationConfig", "TargetConfig", "AnalysisConfig",
     "load_config", "config_from_dict", "apply_overrides", "config_to_dict",
 ]
@@ -49,8 +50,9 @@ class CalibrationConfig:
     steps: int = 8                      # batches
     batch_size: int = 4
     # auto: compute all four from the same ONNX Runtime statistics, export each, keep the one whose
-    # exported model scores best on the held-out images (task metric, then SQNR)
-    method: Literal["auto", "percentile", "kl", "mse", "minmax"] = "auto"
+    # exported model scores best on the held-out images (task metric, then SQNR).
+    # Not set: quantization.effort decides (xtrt.quant.techniques.EFFORTS)
+    method: Optional[Literal["auto", "percentile", "kl", "mse", "minmax"]] = None
     # ort: statistics on ONNX Runtime (FP32 activations, fast), scales by PPQ's rules;
     # ppq: PPQ's own runtime calibration (its torch executor, activations seen with INT8 weights)
     engine: Literal["ort", "ppq"] = "ort"
@@ -58,12 +60,41 @@ class CalibrationConfig:
     shuffle: bool = False
 
 
+# Optimisation passes (PPQ's, run by xtrt.quant.techniques).  ``enabled`` / ``steps`` left unset
+# (null) take the value of quantization.effort; anything set here wins over the effort preset.
 @dataclass
 class LsqConfig:
-    enabled: bool = False
-    steps: int = 200
+    enabled: Optional[bool] = None
+    steps: Optional[int] = None         # training steps per block
     lr: float = 1e-5
     block_size: int = 4
+    batches: int = 4                    # calibration batches the pass trains on
+
+
+@dataclass
+class EqualizationConfig:               # cross-layer equalization, before calibration
+    enabled: Optional[bool] = None
+    iterations: int = 10
+    threshold: float = 0.5              # PPQ's value_threshold (0, 0.5 or 2 recommended)
+    opt_level: Literal[1, 2] = 2        # 1: cross Relu/pooling; 2: also Add/Sub
+    including_bias: bool = False
+
+
+@dataclass
+class AdaroundConfig:                   # block-wise reconstruction of the weight rounding
+    enabled: Optional[bool] = None
+    steps: Optional[int] = None
+    lr: float = 1e-3
+    gamma: float = 1.0
+    block_size: int = 4
+    batches: int = 4
+
+
+@dataclass
+class BiasCorrectionConfig:
+    enabled: Optional[bool] = None
+    block_size: int = 1
+    batches: int = 2
 
 
 @dataclass
@@ -71,7 +102,15 @@ class QuantizationConfig:
     exclude_nodes: list[str] = field(default_factory=list)     # exact names or /regex/
     exclude_op_types: list[str] = field(default_factory=list)
     keep_decode_fp32: bool = True       # find a detection decode tail and keep it in float
+    # fast | default | best: which calibration method and optimisation passes run when they are
+    # not set explicitly (xtrt.quant.techniques.EFFORTS, measured in benchmarks/techniques.md)
+    effort: Literal["fast", "default", "best"] = "default"
+    # per activation, the calibration method with the smallest error of the consuming layer's output
+    per_tensor: Optional[bool] = None
+    equalization: EqualizationConfig = field(default_factory=EqualizationConfig)
+    bias_correction: BiasCorrectionConfig = field(default_factory=BiasCorrectionConfig)
     lsq: LsqConfig = field(default_factory=LsqConfig)
+    adaround: AdaroundConfig = field(default_factory=AdaroundConfig)
 
 
 @dataclass
@@ -147,7 +186,7 @@ class Config:
 
 
 _POSITIVE = {"steps", "workers", "batch_size", "count", "max_trials", "layers_per_trial", "analysis_steps",
-             "layerwise_steps",
+             "layerwise_steps", "iterations", "batches",
              "block_size"}
 
 

@@ -16,8 +16,9 @@ def _cfg(tmp_path, **extra):
     ({"method": "auto"}, False, "ort", ("percentile", "minmax", "kl", "mse"), "all four"),
     ({"method": "kl"}, False, "ort", ("kl",), "calibration.method: kl"),
     ({"method": "auto", "engine": "ppq"}, False, "ppq", ("percentile",), "auto means percentile"),
-    ({"method": "auto"}, True, "ppq", ("percentile",), "LSQ fine-tunes on PPQ's executor"),
-    ({"method": "mse"}, True, "ppq", ("mse",), "LSQ"),
+    # LSQ runs after calibration on either engine (xtrt.quant.techniques): it no longer decides it
+    ({"method": "auto"}, True, "ort", ("percentile", "minmax", "kl", "mse"), "all four"),
+    ({"method": "mse"}, True, "ort", ("mse",), "calibration.method: mse"),
 ])
 def test_method_plan_is_decided_in_one_place(tmp_path, cal, lsq, engine, methods, why):
     cfg = _cfg(tmp_path, calibration={"data": "images", **cal},
@@ -25,7 +26,14 @@ def test_method_plan_is_decided_in_one_place(tmp_path, cal, lsq, engine, methods
     plan = plan_method(cfg)
     assert (plan.engine, plan.methods) == (engine, methods)
     assert why in plan.reason
-    assert (plan.lsq is not None) == lsq and plan.searches == (len(methods) > 1)
+    assert plan.lsq is None and plan.searches == (len(methods) > 1)
+
+
+def test_per_tensor_plan_keeps_every_method_without_a_search(tmp_path):
+    cfg = _cfg(tmp_path, calibration={"data": "images", "method": "mse"},
+               quantization={"per_tensor": True})
+    plan = plan_method(cfg)
+    assert plan.methods[0] == "mse" and len(plan.methods) == 4 and not plan.searches
 
 
 def test_job_resolves_cli_plugins_against_the_working_directory(tmp_path, tiny_model,

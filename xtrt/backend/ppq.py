@@ -26,7 +26,7 @@ import numpy as np
 from xtrt.errors import QuantizationError, UnsupportedOpError
 
 __all__ = ["ppq_version", "CalibrationResult", "calibrate", "rescale", "graphwise_error",
-           "layerwise_error",
+           "layerwise_error", "equalize", "optimize", "choose_per_tensor",
            "simulate", "build_executor", "QUANTIZED_OP_TYPES"]
 
 log = logging.getLogger(__name__)
@@ -155,14 +155,17 @@ class CalibrationResult:
     ``act_scales[(node, i)]``: per-tensor symmetric INT8 scale for input ``i`` of ``node``.
     ``weight_scales[(node, i)]``: (scale array, channel axis) for a weight input.
     ``weights[name]``: the (possibly LSQ-tuned) float weight values by initializer name.
+    ``biases[name]``: the float bias values of the quantized ops (bias correction, LSQ change them).
     """
 
     act_scales: dict[tuple[str, int], float] = field(default_factory=dict)
     weight_scales: dict[tuple[str, int], tuple[np.ndarray, int]] = field(default_factory=dict)
     weights: dict[str, np.ndarray] = field(default_factory=dict)
+    biases: dict[str, np.ndarray] = field(default_factory=dict)
     quantized_ops: list[str] = field(default_factory=list)
     fp32_ops: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    techniques: dict = field(default_factory=dict)  # what xtrt.quant.techniques ran, for the report
     graph: object = None  # opaque PPQ graph for analysis/simulation; never touched outside
 
 
@@ -300,7 +303,7 @@ def _collect_scales(res: CalibrationResult) -> None:
     import torch
     from ppq.core import QuantizationStates, TargetPlatform
 
-    res.act_scales.clear(), res.weight_scales.clear(), res.weights.clear()
+    res.act_scales.clear(), res.weight_scales.clear(), res.weights.clear(), res.biases.clear()
     res.quantized_ops.clear(), res.fp32_ops.clear()
     per_tensor: dict[str, float] = {}   # one scale per tensor, shared by all its consumers
     for op in res.graph.operations.values():
@@ -311,6 +314,8 @@ def _collect_scales(res: CalibrationResult) -> None:
             continue
         res.quantized_ops.append(op.name)
         for i, (var, qc) in enumerate(zip(op.inputs, cfg.input_quantization_config)):
+            if i == 2 and var.is_parameter and isinstance(var.value, torch.Tensor):
+                res.biases[var.name] = var.value.detach().float().cpu().numpy()
             if qc.state == QuantizationStates.FP32 or qc.scale is None:
                 continue
             scale = qc.scale.detach().float().cpu().numpy()
@@ -333,6 +338,195 @@ def rescale(result: CalibrationResult, method: str, *,
     _apply_stats(result.graph, method, ranges or {}, hists or {}, reapply=True)
     _collect_scales(result)
     return result
+
+
+def equalize(model, *, iterations: int = 10, threshold: float = 0.5, opt_level: int = 2,
+             including_bias: bool = False) -> tuple[dict[str, np.ndarray], int]:
+    """Cross-layer equalization of a float model with PPQ's ``LayerwiseEqualizationPass``
+    (data-free: weights and, optionally, biases).
+
+    Returns (the changed parameter values by initializer name, the number of equalized pairs);
+    the caller writes them into the ONNX model before calibration, so statistics, scales and
+    the export all see the equalized network.
+    """
+    _ppq()
+    _install_handlers()
+    import torch
+    from ppq.quantization.optim import LayerwiseEqualizationPass
+    from ppq.quantization.optim.equalization import EQUALIZATION_OPERATION_TYPE
+
+    graph = _load_graph(model)
+    before = {n: v.value.detach().clone() for n, v in graph.variables.items()
+              if v.is_parameter and isinstance(v.value, torch.Tensor)}
+    cle = LayerwiseEqualizationPass(iterations=iterations, weight_threshold=threshold,
+                                    including_bias=including_bias, optimize_level=opt_level)
+    ops = [op for op in graph.operations.values() if op.type in EQUALIZATION_OPERATION_TYPE]
+    with _quiet(False), torch.no_grad():
+        pairs = len(cle.find_equalization_pair(graph=graph, interested_operations=ops))
+        cle.optimize(graph=graph, dataloader=[], executor=None, collate_fn=None)
+    changed = {}
+    for name, old in before.items():
+        new = graph.variables[name].value
+        if isinstance(new, torch.Tensor) and new.shape == old.shape and not torch.equal(new, old):
+            changed[name] = new.detach().float().cpu().numpy()
+    return changed, pairs
+
+
+def optimize(result: CalibrationResult, batches: Sequence[dict[str, np.ndarray]], *,
+             device: str = "cpu", lsq: dict | None = None, adaround: dict | None = None,
+             bias_correction: dict | None = None, progress: bool = True) -> dict[str, float]:
+    """Run PPQ's post-calibration passes on a calibrated result, in place, in this order:
+    LSQ (``LearnedStepSizePass``: weights, biases and scales trained block by block),
+    AdaRound (``AdaroundPass``: weight rounding learned, weights left on the INT8 grid),
+    bias correction (``BiasCorrectionPass``: each layer's mean output error moved into its bias).
+
+    Each setting is a dict of the pass's own arguments (steps, lr, block_size, gamma) plus
+    ``batches``: how many of ``batches`` the pass trains/measures on.  Every PPQ pass keeps a
+    block's change only when the block's output error went down.  Afterwards the result's
+    weights, biases and scales are re-read, so the export writes what the passes produced.
+    Returns seconds per pass.
+    """
+    _ppq()
+    _install_handlers()
+    with _torch_threads(device):
+        return _optimize(result, batches, device, lsq, adaround, bias_correction, progress)
+
+
+def _optimize(result, batches, device, lsq, adaround, bias_correction, progress):
+    import time
+
+    from ppq import TorchExecutor
+    from ppq.quantization.optim import (AdaroundPass, BiasCorrectionPass, LearnedStepSizePass,
+                                        PassiveParameterQuantizePass)
+
+    graph = result.graph
+    executor = TorchExecutor(graph=graph, device=device)
+    names = list(graph.inputs.keys())
+    data_all = _to_torch(batches, names, device)
+    first = data_all[0]
+    executor.tracing_operation_meta(
+        inputs={k: v[:1] for k, v in first.items()} if isinstance(first, dict) else first[:1])
+    plan = []
+    if lsq is not None:
+        plan.append(("lsq", lsq, lambda s: LearnedStepSizePass(
+            steps=int(s.get("steps", 100)), lr=float(s.get("lr", 1e-5)),
+            block_size=int(s.get("block_size", 4)), gamma=float(s.get("gamma", 0.0)),
+            is_scale_trainable=True, collecting_device=device)))
+    if adaround is not None:
+        plan.append(("adaround", adaround, lambda s: AdaroundPass(
+            steps=int(s.get("steps", 500)), lr=float(s.get("lr", 1e-3)),
+            block_size=int(s.get("block_size", 4)), gamma=float(s.get("gamma", 1.0)),
+            is_scale_trainable=False, collecting_device=device)))
+    if bias_correction is not None:
+        plan.append(("bias_correction", bias_correction, lambda s: BiasCorrectionPass(
+            block_size=int(s.get("block_size", 1)), collecting_device=device)))
+    seconds = {}
+    for name, s, make in plan:
+        t0 = time.perf_counter()
+        data = data_all[:max(1, int(s.get("batches", len(data_all))))]
+        with _quiet(progress):
+            make(s).optimize(graph=graph, dataloader=data, executor=executor,
+                             collate_fn=_collate(device))
+            PassiveParameterQuantizePass().optimize(graph=graph)
+        seconds[name] = round(time.perf_counter() - t0, 3)
+    _collect_scales(result)
+    return seconds
+
+
+def choose_per_tensor(result: CalibrationResult, candidates: dict[str, dict],
+                      batches: Sequence[dict[str, np.ndarray]], *,
+                      device: str = "cpu") -> dict[str, dict]:
+    """For every quantized layer's activation input, pick the calibration method whose scale
+    gives the smallest mean squared error of that layer's output (layer run with INT8
+    weights and the candidate activation scale, against the float layer on float inputs).
+
+    ``candidates``: method -> {"ranges": ..., "hists": ...} (the statistics of
+    ``xtrt.quant.observe``).  Sets the scales in place; returns, per (op name) the chosen method
+    and every candidate's error.
+    """
+    _ppq()
+    _install_handlers()
+    with _torch_threads(device):
+        return _choose_per_tensor(result, candidates, batches, device)
+
+
+def _candidate_scales(var, qc, candidates: dict[str, dict]) -> dict[str, float]:
+    import torch
+    from ppq.quantization.observer.range import (TorchHistObserver, TorchMSEObserver,
+                                                 minmax_to_scale_offset)
+
+    out = {}
+    for m, st in candidates.items():
+        hists, ranges = st.get("hists") or {}, st.get("ranges") or {}
+        if m in ("kl", "mse") and var.name in hists:
+            hist, width = hists[var.name]
+            obs = {"kl": TorchHistObserver, "mse": TorchMSEObserver}[m](watch_on=var, quant_cfg=qc)
+            scale, _ = obs.hist_to_scale_offset(
+                histogram=torch.from_numpy(hist.astype(np.int64)), hist_bins=len(hist),
+                hist_scale=float(width), config=qc)
+        elif var.name in ranges:
+            scale, _ = minmax_to_scale_offset(float(ranges[var.name][0]),
+                                              float(ranges[var.name][1]), qc)
+        else:
+            continue
+        out[m] = float(scale)
+    return out
+
+
+def _choose_per_tensor(result, candidates, batches, device):
+    import torch
+    from ppq import TorchExecutor
+    from ppq.core import QuantizationStates, TargetPlatform
+
+    graph = result.graph
+    executor = TorchExecutor(graph=graph, device=device)
+    names = list(graph.inputs.keys())
+    data = _to_torch(batches, names, device)
+    ops = [op for op in graph.operations.values() if getattr(op, "config", None) is not None
+           and op.platform != TargetPlatform.FP32 and op.type in QUANTIZED_OP_TYPES]
+    acts = list(dict.fromkeys(v.name for op in ops for v in op.inputs if not v.is_parameter))
+    chosen: dict[str, dict] = {}
+    with torch.no_grad():
+        for op in graph.operations.values():   # float inputs: the float graph's activations
+            if hasattr(op, "dequantize"):
+                op.dequantize()
+        inputs = [dict(zip(acts, executor.forward(inputs=_collate(device)(d), output_names=acts)))
+                  for d in data]
+        for op in graph.operations.values():
+            if hasattr(op, "restore_quantize_state"):
+                op.restore_quantize_state()
+        for op in ops:
+            out_name = op.outputs[0].name
+            act_idx = [i for i, v in enumerate(op.inputs) if not v.is_parameter]
+            ref = []
+            op.dequantize()
+            for feed in inputs:
+                ref.append(executor.partial_graph_forward(
+                    operations=[op], feed_dict={op.inputs[i].name: feed[op.inputs[i].name]
+                                                for i in act_idx}, output_names=[out_name])[0])
+            op.restore_quantize_state()
+            for i in act_idx:
+                var, qc = op.inputs[i], op.config.input_quantization_config[i]
+                if qc.state != QuantizationStates.ACTIVATED:
+                    continue
+                errors = {}
+                for m, scale in _candidate_scales(var, qc, candidates).items():
+                    qc.scale = torch.tensor(scale, dtype=torch.float32)
+                    err = 0.0
+                    for feed, r in zip(inputs, ref):
+                        y = executor.partial_graph_forward(
+                            operations=[op], feed_dict={op.inputs[j].name: feed[op.inputs[j].name]
+                                                        for j in act_idx}, output_names=[out_name])[0]
+                        err += float(torch.mean((y - r) ** 2))
+                    errors[m] = err / max(1, len(inputs))
+                if not errors:
+                    continue
+                best = min(errors, key=errors.get)
+                qc.scale = torch.tensor(_candidate_scales(var, qc, {best: candidates[best]})[best],
+                                        dtype=torch.float32)
+                chosen[f"{op.name}:{i}"] = {"method": best, "mse": errors}
+    _collect_scales(result)
+    return chosen
 
 
 def _weight_scales(graph) -> None:

@@ -29,6 +29,7 @@ class MethodPlan:
     methods: tuple[str, ...]          # candidates (more than one: chosen on held-out images)
     lsq: dict | None = None
     reason: str = ""
+    per_tensor: bool = False          # statistics of every method kept for the per-layer choice
 
     @property
     def engine_text(self) -> str:
@@ -36,7 +37,7 @@ class MethodPlan:
 
     @property
     def searches(self) -> bool:
-        return len(self.methods) > 1
+        return len(self.methods) > 1 and not self.per_tensor
 
 
 @dataclass
@@ -56,19 +57,20 @@ def plan_method(cfg: Config) -> MethodPlan:
     """The one place that turns ``calibration.method/engine`` and ``quantization.lsq`` into a plan."""
     from xtrt.quant.observe import FAST_METHODS
 
+    # LSQ and the other optimisation passes run after calibration on either engine
+    # (xtrt.quant.techniques); cfg is resolved (techniques.resolve) before it gets here
     c, q = cfg.calibration, cfg.quantization
-    if q.lsq.enabled:
-        lsq = {"steps": q.lsq.steps, "lr": q.lsq.lr, "block_size": q.lsq.block_size}
-        m = "percentile" if c.method == "auto" else c.method
-        why = "LSQ fine-tunes on PPQ's executor, so PPQ calibrates"
-        if c.method == "auto":
-            why += "; auto runs percentile there (no method search with LSQ)"
-        return MethodPlan(c.method, "ppq", (m,), lsq, why)
     if c.engine == "ppq":
         m = "percentile" if c.method == "auto" else c.method
         why = "calibration.engine: ppq" + ("; auto means percentile on PPQ's engine"
                                             if c.method == "auto" else "")
         return MethodPlan(c.method, "ppq", (m,), None, why)
+    if q.per_tensor:
+        first = "percentile" if c.method == "auto" else c.method
+        return MethodPlan(c.method, "ort", (first, *[m for m in FAST_METHODS if m != first]),
+                          None, "quantization.per_tensor: every layer's activation scale from "
+                          "the method with the smallest error of that layer's output "
+                          "(calibration images)", per_tensor=True)
     if c.method == "auto":
         return MethodPlan("auto", "ort", tuple(FAST_METHODS), None,
                           "auto: all four methods from one set of statistics, the best on the "
@@ -89,14 +91,18 @@ def calibrate(cfg: Config, prepared, placement, source, *, progress: bool = True
     from xtrt.backend import ppq as ppq_backend
     from xtrt.quant.observe import collect_statistics
 
+    from xtrt.quant import techniques
+
     plan = plan_method(cfg)
     keep_float = list(placement.keep_float)
+    eq_info = techniques.before_calibration(cfg, prepared)
     if plan.engine == "ppq":
         # PPQ's executor needs every batch at once: calibration.steps bounds what it holds
         feeds = [b.feeds for b in source]
         cal = ppq_backend.calibrate(prepared.model, feeds, device=cfg.device,
                                     method=plan.methods[0], fp32_ops=keep_float, lsq=plan.lsq,
                                     progress=progress)
+        cal.techniques = {"equalization": eq_info} if eq_info else {}
         return Calibrated(cal, placement, plan, {}, plan.methods[0], sum(f[next(iter(f))].shape[0]
                                                                          for f in feeds))
     tensors = placed_activations(prepared.model, placement)
@@ -110,7 +116,8 @@ def calibrate(cfg: Config, prepared, placement, source, *, progress: bool = True
                                 fp32_ops=keep_float, lsq=None, progress=progress,
                                 act_ranges=stats[first].get("ranges"),
                                 act_hists=stats[first].get("hists"))
-    return Calibrated(cal, placement, plan, stats if plan.searches else {}, first,
+    cal.techniques = {"equalization": eq_info} if eq_info else {}
+    return Calibrated(cal, placement, plan, stats if len(plan.methods) > 1 else {}, first,
                       getattr(source, "used", 0))
 
 

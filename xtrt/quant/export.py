@@ -105,6 +105,7 @@ def export_qdq(model, cal, placement):
     new_inits: list = []
     qdq_for_tensor: dict[tuple[str, float], str] = {}
     dq_for_weight: dict[str, str] = {}
+    bias_for: dict[str, str] = {}      # bias initializer -> the name the export uses
     pending: dict[str, list] = defaultdict(list)   # consumer node name -> Q/DQ nodes to emit first
     missing = []
 
@@ -124,8 +125,17 @@ def export_qdq(model, cal, placement):
                                                   pending[node.name])
                 node.input[i] = dq_for_weight[t]
                 continue
-            if t in inits:
-                continue  # biases and other constants stay float
+            if t in inits:  # biases and other constants stay float
+                b = getattr(cal, "biases", {}).get(t) if i == 2 else None
+                if b is not None and t not in bias_for:   # a pass (bias correction, LSQ) moved it
+                    old = numpy_helper.to_array(inits[t])
+                    bias_for[t] = t
+                    if old.shape == b.shape and not np.array_equal(old, b):
+                        bias_for[t] = f"{t}_corrected"
+                        new_inits.append(numpy_helper.from_array(b.astype(old.dtype), bias_for[t]))
+                if t in bias_for:
+                    node.input[i] = bias_for[t]
+                continue
             s = cal.act_scales.get((node.name, i))
             if s is None:
                 missing.append((node.name, node.op_type, t))

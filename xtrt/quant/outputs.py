@@ -133,7 +133,9 @@ def _report(rec: RunRecord, versions: dict) -> dict:
         "calibration": {"method": rec.calibrated.method, "requested": plan.requested,
                         "why": plan.reason, "method_search": rec.search,
                         "seconds": rec.timings.get("calibrate"), "engine": plan.engine_text,
-                        "lsq": plan.lsq is not None},
+                        "lsq": bool(rec.job.cfg.quantization.lsq.enabled),
+                        "effort": rec.job.cfg.quantization.effort,
+                        "techniques": getattr(rec.calibrated.result, "techniques", {})},
         "outputs": ev.outputs,
         "task": _task_rows(ev, sim),
         "ppq_simulation": {"outputs": {k: {"sqnr_db": v["sqnr_db"], "cosine": v["cosine"]}

@@ -45,9 +45,11 @@ class _Timings(dict):
 def run_quant(cfg: Config, *, progress: bool = True, plugins: Sequence[str] = ()) -> QuantResult:
     """Run the quantization job described by ``cfg`` (``plugins``: extra op-handler files given on
     the command line, relative to the working directory); see the module docstring."""
+    from xtrt.quant import techniques
     from xtrt.quant.job import QuantJob
 
     t_start = time.perf_counter()
+    cfg = techniques.resolve(cfg)  # quantization.effort fills what the config leaves unset
     job = QuantJob.from_config(cfg, cli_plugins=plugins, progress=progress)
     try:
         res = _run(job)
@@ -66,6 +68,7 @@ def _run(job) -> QuantResult:
     from xtrt.quant.fallback import run_target_fallback
     from xtrt.quant.outputs import write_outputs
     from xtrt.quant.result import RunRecord
+    from xtrt.quant import techniques
     from xtrt.quant.select import choose_method
 
     cfg, t = job.cfg, _Timings()
@@ -88,6 +91,9 @@ def _run(job) -> QuantResult:
         with t("method_search"):
             search = choose_method(calibrated, lambda c: export_qdq(prepared.model, c.result,
                                                                    placement), selector)
+        with t("techniques"):
+            techniques.after_calibration(cfg, calibrated.result, calibrated.stats, cal_src,
+                                         progress=job.progress)
         with t("export"):
             qmodel = export_qdq(prepared.model, calibrated.result, placement)
         with t("verify"):

@@ -1,0 +1,176 @@
+"""Accuracy techniques around calibration: the ``quantization.effort`` presets, cross-layer
+equalization before calibration, per-tensor method choice and PPQ's optimisation passes after it.
+
+Order in a run (``xtrt.quant.pipeline`` calls the two hooks):
+
+1. :func:`before_calibration`: cross-layer equalization (PPQ's ``LayerwiseEqualizationPass``) of
+   the prepared float model; the changed weights/biases are written into the prepared model and
+   body, so ONNX Runtime statistics, scales, export and analysis all see the equalized network.
+2. calibration (ONNX Runtime statistics + PPQ's scale rules, or PPQ's own engine);
+3. :func:`after_calibration`: per-tensor method choice (each layer's activation scale from the
+   method that minimises that layer's output error on the calibration images), then LSQ,
+   AdaRound, bias correction (PPQ's passes on its executor, on the calibration images).
+   Their weights, biases and scales are re-read into the calibration result, which the Q/DQ
+   export writes (weights rounded on the pass's grid, learned scales, corrected biases).
+
+Every choice here is made on calibration images only; :func:`split_selection_test` splits the
+held-out images into a part for selections (method auto, fallback) and a part for the report.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Sequence, TypeVar
+
+import numpy as np
+
+__all__ = ["EFFORTS", "Effort", "resolve", "before_calibration", "after_calibration",
+           "apply_initializers", "split_selection_test"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Effort:
+    """What one ``quantization.effort`` level runs when the config leaves it unset."""
+
+    method: str
+    per_tensor: bool
+    equalization: bool
+    bias_correction: bool
+    lsq_steps: int          # 0: off
+    adaround_steps: int     # 0: off
+
+
+# Chosen by measurement (benchmarks/techniques.md: EfficientNet-Lite0 and YOLOv8n 640, 2 CPU cores):
+# fast stays within ModelOpt max's time; default is the best accuracy per second under 2 minutes
+# for a 3 M-parameter model on 2 CPU cores; best adds the training passes.
+EFFORTS: dict[str, Effort] = {
+    "fast": Effort(method="percentile", per_tensor=False, equalization=False,
+                   bias_correction=False, lsq_steps=0, adaround_steps=0),
+    "default": Effort(method="percentile", per_tensor=True, equalization=False,
+                      bias_correction=True, lsq_steps=0, adaround_steps=0),
+    "best": Effort(method="percentile", per_tensor=True, equalization=False,
+                   bias_correction=True, lsq_steps=100, adaround_steps=0),
+}
+
+
+def resolve(cfg):
+    """A copy of ``cfg`` with every setting that ``quantization.effort`` decides filled in
+    (explicit settings win)."""
+    out = copy.deepcopy(cfg)
+    e = EFFORTS[out.quantization.effort]
+    q = out.quantization
+    if out.calibration.method is None:
+        out.calibration.method = e.method
+    if q.per_tensor is None:
+        q.per_tensor = e.per_tensor
+    if q.equalization.enabled is None:
+        q.equalization.enabled = e.equalization
+    if q.bias_correction.enabled is None:
+        q.bias_correction.enabled = e.bias_correction
+    if q.lsq.enabled is None:
+        q.lsq.enabled = e.lsq_steps > 0 or q.lsq.steps is not None
+    if q.lsq.steps is None:
+        q.lsq.steps = e.lsq_steps or 100
+    if q.adaround.enabled is None:
+        q.adaround.enabled = e.adaround_steps > 0 or q.adaround.steps is not None
+    if q.adaround.steps is None:
+        q.adaround.steps = e.adaround_steps or 500
+    return out
+
+
+def apply_initializers(model, values: dict[str, np.ndarray]) -> int:
+    """Replace initializers of ``model`` (in place) by name; returns how many were replaced.
+    Shapes must match (a mismatch is a bug in the caller: ValueError)."""
+    from onnx import numpy_helper
+
+    n = 0
+    for i, init in enumerate(model.graph.initializer):
+        v = values.get(init.name)
+        if v is None:
+            continue
+        if tuple(init.dims) != tuple(v.shape):
+            raise ValueError(f"initializer {init.name}: shape {tuple(init.dims)} != {v.shape}")
+        model.graph.initializer[i].CopyFrom(
+            numpy_helper.from_array(v.astype(numpy_helper.to_array(init).dtype), init.name))
+        n += 1
+    return n
+
+
+def before_calibration(cfg, prepared) -> dict:
+    """Cross-layer equalization of ``prepared`` (model and body, in place) when enabled."""
+    from xtrt.backend import ppq as ppq_backend
+
+    eq = cfg.quantization.equalization
+    if not eq.enabled:
+        return {}
+    t0 = time.perf_counter()
+    changed, pairs = ppq_backend.equalize(prepared.body, iterations=eq.iterations,
+                                          threshold=eq.threshold, opt_level=eq.opt_level,
+                                          including_bias=eq.including_bias)
+    apply_initializers(prepared.body, changed)
+    apply_initializers(prepared.model, changed)
+    info = {"pairs": pairs, "parameters_changed": len(changed),
+            "seconds": round(time.perf_counter() - t0, 3)}
+    log.info("cross-layer equalization: %d pairs, %d parameters changed", pairs, len(changed))
+    return info
+
+
+def after_calibration(cfg, cal, stats: dict, cal_batches, *, progress: bool = True) -> dict:
+    """Per-tensor method choice (when enabled and ``stats`` holds several methods), then the
+    optimisation passes that are enabled; ``cal`` is updated in place.  Returns what ran
+    (also stored in ``cal.techniques`` for the report)."""
+    from xtrt.backend import ppq as ppq_backend
+
+    q = cfg.quantization
+    feeds = [b.feeds if hasattr(b, "feeds") else b for b in cal_batches]
+    info: dict = dict(getattr(cal, "techniques", None) or {})
+    if q.per_tensor and len(stats) > 1:
+        t0 = time.perf_counter()
+        chosen = ppq_backend.choose_per_tensor(cal, stats, feeds[:2], device=cfg.device)
+        counts: dict[str, int] = {}
+        for c in chosen.values():
+            counts[c["method"]] = counts.get(c["method"], 0) + 1
+        info["per_tensor"] = {"layers": len(chosen), "methods": counts,
+                              "seconds": round(time.perf_counter() - t0, 3),
+                              "judged_on": f"{len(feeds[:2])} calibration batch(es), "
+                                           "each layer's output MSE"}
+    passes = {}
+    if q.lsq.enabled:
+        passes["lsq"] = {"steps": q.lsq.steps, "lr": q.lsq.lr, "block_size": q.lsq.block_size,
+                         "batches": q.lsq.batches}
+    if q.adaround.enabled:
+        passes["adaround"] = {"steps": q.adaround.steps, "lr": q.adaround.lr,
+                              "gamma": q.adaround.gamma, "block_size": q.adaround.block_size,
+                              "batches": q.adaround.batches}
+    if q.bias_correction.enabled:
+        passes["bias_correction"] = {"block_size": q.bias_correction.block_size,
+                                     "batches": q.bias_correction.batches}
+    if passes:
+        secs = ppq_backend.optimize(cal, feeds, device=cfg.device, progress=progress, **passes)
+        info["passes"] = {k: {**v, "seconds": secs.get(k)} for k, v in passes.items()}
+    cal.techniques = info
+    return info
+
+
+def split_selection_test(files: Sequence[T], frac: float = 0.5, *,
+                         seed: int = 0) -> tuple[list[T], list[T]]:
+    """Split held-out ``files`` into (selection, test): ``selection`` (a seeded random
+    ``frac`` of them, at least one when there are two or more) is for choices (method auto,
+    fallback, searches); ``test`` only for the final report.  Deterministic for a seed; the
+    order of each part follows ``files``."""
+    if not 0.0 < frac < 1.0:
+        raise ValueError(f"frac must be in (0, 1), got {frac}")
+    files = list(files)
+    if len(files) < 2:
+        return [], files
+    n_sel = min(len(files) - 1, max(1, round(len(files) * frac)))
+    pick = set(random.Random(seed).sample(range(len(files)), n_sel))
+    return ([f for i, f in enumerate(files) if i in pick],
+            [f for i, f in enumerate(files) if i not in pick])
