@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from xtrt.errors import QuantizationError, UnsupportedOpError
+from xtrt.trt.rules import INT8_OP_TYPES, weight_scale
 
 __all__ = ["ppq_version", "CalibrationResult", "calibrate", "rescale", "graphwise_error",
            "layerwise_error", "equalize", "optimize", "choose_per_tensor",
@@ -31,8 +32,7 @@ __all__ = ["ppq_version", "CalibrationResult", "calibrate", "rescale", "graphwis
 
 log = logging.getLogger(__name__)
 
-QUANTIZED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool",
-                      "GlobalAveragePool")
+QUANTIZED_OP_TYPES = INT8_OP_TYPES
 _INSTALLED_HANDLERS: set[str] = set()
 
 
@@ -200,7 +200,7 @@ def calibrate(model, batches: Sequence[dict[str, np.ndarray]], *, device: str = 
         batches: calibration feeds (numpy, keyed by input name); materialised once here.
         method: percentile | kl | mse | minmax.
         fp32_ops: node names PPQ must leave in float.
-        lsq: None, or dict(steps, lr, block_size) to run LSQ fine-tuning after calibration.
+        lsq: None, or dict(steps, lr, block_size, seed) to run LSQ fine-tuning after calibration.
         act_ranges: tensor -> (low, high) collected elsewhere (xtrt.quant.observe, on ONNX
             Runtime); PPQ's runtime calibration pass is then skipped and each activation scale is
             set with PPQ's own ``minmax_to_scale_offset``.  Ignored with LSQ (which needs PPQ's
@@ -246,6 +246,14 @@ def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges,
         s.block_size = int(lsq.get("block_size", 4))
         s.collecting_device = device
         s.is_scale_trainable = True
+        # PPQ's LSQ picks its training batches with the global ``random`` module (and torch
+        # initialises nothing at random here): calibration.seed makes that repeatable
+        import random
+
+        import torch
+
+        random.seed(int(lsq.get("seed", 0)))
+        torch.manual_seed(int(lsq.get("seed", 0)))
     quantizer_cls = TensorRTQuantizer_InputOnly
     # dispatch with the input-only quantizer's op types, then apply our FP32 table
     graph = _dispatch(graph, quantizer_cls, setting)
@@ -530,7 +538,8 @@ def _choose_per_tensor(result, candidates, batches, device):
 
 
 def _weight_scales(graph) -> None:
-    """Per-output-channel weight scale = max|w| / 127, as TensorRT computes it.
+    """Per-output-channel weight scale = max|w| / 127, as TensorRT computes it
+    (:func:`xtrt.trt.rules.weight_scale`).
 
     PPQ divides the range by 127.5 (``(quant_max - quant_min) / 2``), so each channel's largest
     weight rounds to 128 and is clipped to 127: with 9 weights per depthwise channel that clipped
@@ -549,9 +558,7 @@ def _weight_scales(graph) -> None:
             if not isinstance(w, torch.Tensor) or w.ndim < 1 or qc.scale.numel() <= 1 and w.ndim > 1:
                 continue
             axis = qc.channel_axis if qc.channel_axis is not None else 0
-            dims = [d for d in range(w.ndim) if d != axis]
-            amax = w.detach().abs().amax(dim=dims) if dims else w.detach().abs()
-            scale = torch.clamp(amax.float() / 127.0, min=1e-8)
+            scale = torch.from_numpy(weight_scale(w.detach().float().cpu().numpy(), axis))
             if scale.numel() == qc.scale.numel():
                 qc.scale = scale.to(qc.scale.device).reshape(qc.scale.shape)
 

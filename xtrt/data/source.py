@@ -165,6 +165,9 @@ class BatchSource:
                 raise DataError(f"tensor file {path.name} has shape {list(arr.shape)}, the model input "
                                 f"{self.input_name!r} takes [N, {', '.join(map(str, want))}]",
                                 "save arrays of the model's input shape (one sample or a batch)")
+        if not np.isfinite(arr).all():
+            self._skip(path, f"holds {arr.size - int(np.isfinite(arr).sum())} NaN/Inf values")
+            return
         for sample in arr:
             yield sample.astype(self.dtype, copy=False), PreMeta(tuple(sample.shape[-2:]))
 
@@ -188,10 +191,12 @@ class BatchSource:
                             f"{', '.join(f'{n}=...' for n in names)}) (set input.name if "
                             "the image input is another one)")
         if isinstance(result, DataError):
-            self.skipped.append((path, result.message))
-            log.debug("skipped %s: %s", path, result.message)
+            self._skip(path, result.message)
             return None
         x, meta = result
+        if not np.isfinite(x).all():
+            self._skip(path, "preprocessing gives NaN/Inf values")
+            return None
         if self.sample_shape is not None and tuple(x.shape) != tuple(self.sample_shape):
             raise DataError(f"preprocessing gives {list(x.shape)} but input {self.input_name!r} "
                             f"takes {list(self.sample_shape)}",
@@ -225,6 +230,10 @@ class BatchSource:
                     if fut is not None:
                         fut.cancel()
 
+    def _skip(self, path: Path, why: str) -> None:
+        self.skipped.append((path, why))
+        log.debug("skipped %s: %s", path, why)
+
     def _samples(self) -> Iterator[tuple[np.ndarray, PreMeta, Path]]:
         n = 0
         for path, result in self._decoded():
@@ -244,8 +253,10 @@ class BatchSource:
         self.skipped = []
         xs, metas, paths = [], [], []
         count = 0
+        lo, hi = np.inf, -np.inf
         for x, meta, path in self._samples():
             xs.append(x), metas.append(meta), paths.append(path)
+            lo, hi = min(lo, float(x.min(initial=np.inf))), max(hi, float(x.max(initial=-np.inf)))
             if len(xs) == self.batch_size:
                 count += len(xs)
                 yield Batch(self._stack(xs), paths, metas)
@@ -256,13 +267,18 @@ class BatchSource:
         self.used = count
         if count == 0:
             what = f"{len(self.files)} file(s)"
-            why = f"; {len(self.skipped)} unreadable, e.g. {self.skipped[0][0].name}: " \
-                  f"{self.skipped[0][1]}" if self.skipped else ""
+            why = f"; {len(self.skipped)} unreadable or not finite, e.g. " \
+                  f"{self.skipped[0][0].name}: {self.skipped[0][1]}" if self.skipped else ""
             raise DataError(f"no usable samples in {what}{why}",
-                            "give a folder of readable jpg/png/bmp/webp images or .npy/.npz tensors")
+                            "give a folder of readable jpg/png/bmp/webp images or finite "
+                            ".npy/.npz tensors")
+        if lo == hi:
+            raise DataError(f"every value of the {count} sample(s) from {len(self.files)} file(s) "
+                            f"is {lo:g}: constant data gives calibration nothing to measure",
+                            "check the files (all-zero tensors?) and preprocess.scale/mean/std")
         if self.skipped:
-            log.warning("skipped %d unreadable file(s), e.g. %s", len(self.skipped),
-                        self.skipped[0][0].name)
+            log.warning("skipped %d unreadable or non-finite file(s), e.g. %s: %s",
+                        len(self.skipped), self.skipped[0][0].name, self.skipped[0][1])
 
     def _stack(self, xs: list) -> dict[str, np.ndarray]:
         if isinstance(xs[0], dict):
