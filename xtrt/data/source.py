@@ -256,7 +256,8 @@ class BatchSource:
         lo, hi = np.inf, -np.inf
         for x, meta, path in self._samples():
             xs.append(x), metas.append(meta), paths.append(path)
-            lo, hi = min(lo, float(x.min(initial=np.inf))), max(hi, float(x.max(initial=-np.inf)))
+            img = x[self.input_name] if isinstance(x, dict) else x   # the image input decides
+            lo, hi = min(lo, float(img.min(initial=np.inf))), max(hi, float(img.max(initial=-np.inf)))
             if len(xs) == self.batch_size:
                 count += len(xs)
                 yield Batch(self._stack(xs), paths, metas)
