@@ -162,3 +162,28 @@ def test_feeds_that_do_not_match_are_a_data_error():
         runner.run({"images": np.zeros((1, 3, 4, 4), np.float32)})
     with pytest.raises(DataError, match="ONNX Runtime could not run the model"):
         runner.run({"x": np.zeros((1, 3, 4, 4), np.float64)})
+
+
+def test_qdq_models_run_without_ort_qdq_fusion():
+    """ORT's CPU QLinearConv fusion saturates on x86 without VNNI: a Q/DQ model is run at 'basic'
+    (DequantizeLinear + float op, TensorRT's semantics); a float model keeps 'all'."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from xtrt.runtime.session import make_session
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.int8), "z")]
+    qdq = helper.make_graph([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+                             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])],
+                            "g", [x], [y], inits)
+    flt = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    levels = {}
+    for name, g in (("qdq", qdq), ("float", flt)):
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        levels[name] = make_session(m).get_session_options().graph_optimization_level
+    assert levels == {"qdq": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                      "float": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}

@@ -36,3 +36,4 @@ class RunRecord:
     search: dict | None
     timings: dict
     scatter: tuple | None = None   # (ref, test, title) for the worst layer
+    precision: dict | None = None  # export.float_precision: kept FP32 nodes, both fidelities
