@@ -153,6 +153,9 @@ class TargetConfig:
 class AnalysisConfig:
     graphwise: bool = True
     layerwise: bool = False
+    # build the written model with the TensorRT-RTX builder (when installed) and report the
+    # engine's structure: Int8 convolutions, Float layers outside them (not TensorRT 10, no latency)
+    trt_rtx: bool = True
     # ort: one ONNX Runtime session with a switch per layer, on the exported Q/DQ semantics;
     # ppq: PPQ's layerwise_error_analyse on its torch executor (same ranking, slower on CPU)
     layerwise_engine: Literal["ort", "ppq"] = "ort"

@@ -374,3 +374,16 @@ def test_summary_says_what_the_figures_were_judged_on(tmp_path, tiny_config, cap
     assert "judged on 12 calibration images" in line and "held-out" not in line
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     assert rep["summary"]["held_out_images"] == 0
+
+
+def test_report_carries_the_tensorrt_rtx_engine_judge(tiny_run):
+    from xtrt.lint.trt_rtx import LABEL, trt_rtx_available
+
+    _, _, out = tiny_run
+    eng = json.loads((out / "report.json").read_text())["engine"]
+    if not trt_rtx_available():
+        assert eng == {"label": LABEL, "available": False, "install": eng["install"]}
+        pytest.skip("TensorRT-RTX bindings not installed")
+    assert eng["label"] == LABEL and eng["accepted"]
+    assert eng["convolutions"] == 2 and eng["int8_convolutions"] == 2
+    assert "TensorRT-RTX" in (out / "report.md").read_text()

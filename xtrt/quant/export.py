@@ -87,6 +87,20 @@ def _corrected_biases(g, inits: dict, cal, place: set, numpy_helper) -> list:
     return out
 
 
+def _missing_scale_error(missing: list[tuple[str, str, str]]) -> QuantizationError:
+    """One line for placed inputs without a calibrated scale: names every node (name and op
+    type) up to three, why, and the config line that keeps them float."""
+    nodes = list(dict.fromkeys((n, op) for n, op, _ in missing))
+    name, op, tensor = missing[0]
+    shown = ", ".join(f"{n!r} ({o})" for n, o in nodes[:3]) + \
+        (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+    return QuantizationError(
+        f"cannot quantize node {shown}: calibration gave no scale for {len(missing)} placed "
+        f"input(s), e.g. tensor {tensor!r} of node {name!r} ({op})",
+        f"keep it float with quantization.exclude_nodes: [{', '.join(n for n, _ in nodes)}] in "
+        "the config, and report the model to xtrt")
+
+
 def export_qdq(model, cal, placement, *, only_placed: bool = False):
     """Return a copy of the prepared ``model`` with Q/DQ written per ``placement``'s tensor plan
     (:mod:`xtrt.quant.tensor_plan`): one Q/DQ pair per site tensor at its group's shared scale,
@@ -112,12 +126,10 @@ def export_qdq(model, cal, placement, *, only_placed: bool = False):
     by_name = {n.name: n for n in g.node}
     new_inits: list = []
     pending: dict[str, list] = defaultdict(list)   # consumer node name -> Q/DQ nodes to emit first
-    missing = [f"{n}:{i}" for t, rs in plan.sites.items() if t not in scales
+    missing = [(n, by_name[n].op_type, t) for t, rs in plan.sites.items() if t not in scales
                for n, i in rs if n in place]
     if missing:
-        raise QuantizationError(f"no calibrated scale for {len(missing)} placed input(s), e.g. "
-                                f"{missing[0]}", "exclude that node (quantization.exclude_nodes) "
-                                "or report the model to xtrt")
+        raise _missing_scale_error(missing)
     for t, spec in plan.weights.items():
         w = cal.weights.get(t)
         if w is None:

@@ -135,6 +135,7 @@ def _report(rec: RunRecord, versions: dict) -> dict:
         "fallback": rec.fallback.as_dict() if rec.fallback else None,
         "placement": placement.as_dict(),
         "float_precision": rec.precision,
+        "engine": rec.engine,
         "timings_s": rec.timings,
         "versions": versions,
     }

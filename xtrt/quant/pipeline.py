@@ -125,18 +125,35 @@ def _run(job) -> QuantResult:
             final_model, precision = _precision(cfg, prepared, final_model, cal_src, evaluator)
             if precision["float_precision"] == "fp16":
                 final_eval = evaluator.evaluate_model(final_model)
+        with t("engine"):                # TensorRT-RTX build of the written model
+            engine = _engine(cfg, final_model)
         rec = RunRecord(job=job, prepared=prepared, calibrated=calibrated,
                         placement=final_placement, qmodel=final_model, evaluation=final_eval,
                         simulation=ev_sim, judged_on=evaluator.judged_on,
                         chosen_on=selector.judged_on if (search or fb) else None, task=evaluator.data.task,
                         analysis=analysis, fallback=fb.result if fb else None, search=search,
-                        timings=dict(t), scatter=scatter, precision=precision)
+                        timings=dict(t), scatter=scatter, precision=precision, engine=engine)
         check_evaluation(final_eval.outputs)     # PASSED only on real numbers
         check_evaluation(ev_sim.outputs, "PPQ's simulation")
         return write_outputs(rec)
     finally:
         evaluator.close()
         selector.close()
+
+
+def _engine(cfg, model) -> dict | None:
+    """The TensorRT-RTX engine judge of ``model`` (xtrt.lint.trt_rtx), or None when switched off;
+    a builder that cannot run here is reported, never fatal."""
+    if not cfg.analysis.trt_rtx:
+        return None
+    from xtrt.lint.trt_rtx import engine_judge
+
+    try:
+        judged = engine_judge(model)
+    except Exception as exc:  # the judge must never fail a run
+        log.warning("TensorRT-RTX build check failed: %s", exc)
+        return {"available": True, "accepted": False, "errors": [str(exc)]}
+    return judged
 
 
 def _precision(cfg, prepared, qmodel, cal_src, evaluator):
@@ -187,7 +204,8 @@ def batches(job, prepared, files, batch_size: int, title: str):
 
     pre = build_preprocess(job.cfg.preprocess, tuple(prepared.input_shape[2:4]), job.cfg.base_dir)
     return BatchSource(files, prepared.input_name, tuple(prepared.input_shape[1:]), pre,
-                       batch_size, progress=job.bar(title), workers=job.cfg.workers)
+                       batch_size, progress=job.bar(title), workers=job.cfg.workers,
+                       other_inputs=prepared.other_inputs)
 
 
 def _scatter(prepared, qmodel, worst, evaluator, device, values_fn):

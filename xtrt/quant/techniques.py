@@ -53,8 +53,8 @@ class Effort:
 EFFORTS: dict[str, Effort] = {
     "fast": Effort(method="percentile", per_tensor=False, equalization=False,
                    bias_correction=False, lsq_steps=0, adaround_steps=0),
-    "default": Effort(method="percentile", per_tensor=True, equalization=False,
-                      bias_correction=True, lsq_steps=0, adaround_steps=0),
+    "default": Effort(method="auto", per_tensor=False, equalization=False,
+                      bias_correction=False, lsq_steps=0, adaround_steps=0),
     "best": Effort(method="percentile", per_tensor=True, equalization=False,
                    bias_correction=True, lsq_steps=100, adaround_steps=0),
 }

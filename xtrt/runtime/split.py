@@ -141,7 +141,9 @@ class SplitRunner:
         try:
             values = self._session.run(self._body_outputs, dict(feeds))
         except Exception as exc:  # ORT's InvalidArgument etc.: wrong dtype or shape in the feeds
-            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            from xtrt.runtime.session import ort_message
+
+            text = ort_message(exc)
             raise DataError(f"ONNX Runtime could not run the model: {text}",
                             f"check the feeds against input_names={self.input_names} "
                             f"and input_shapes={self.input_shapes}") from exc
