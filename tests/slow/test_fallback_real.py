@@ -21,7 +21,10 @@ def _quantize(tmp: Path, model: Path, photos: Path, shape, preprocess: dict, tar
            "preprocess": preprocess,
            "calibration": {"data": str(photos), "steps": CAL_STEPS, "batch_size": CAL_BATCH,
                            "method": "percentile"},
-           "evaluation": {"count": EVAL_COUNT, "batch_size": 2},
+           # selection_share 0 and an FP32 float part: the fallback's trials are judged on the
+           # images, and the export kind, that the report and the re-evaluation use
+           "evaluation": {"count": EVAL_COUNT, "batch_size": 2, "selection_share": 0.0},
+           "export": {"float_precision": "fp32"},
            "analysis": {"target": target, "max_trials": 3, "layers_per_trial": 2}}
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
