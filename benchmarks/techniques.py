@@ -41,6 +41,8 @@ VARIANTS: dict[str, list[str]] = {
     "cle+pt": [F, "quantization.per_tensor=true", "quantization.equalization.enabled=true"],
     "mse+bc16": [F, "calibration.method=mse", *BC],
     "pt+bc16": [F, "quantization.per_tensor=true", *BC],
+    "minmax+lsq20": [F, "calibration.method=minmax", "quantization.lsq.steps=20",
+                     "quantization.lsq.batches=2"],
     "mse+lsq20": [F, "calibration.method=mse", "quantization.lsq.steps=20",
                   "quantization.lsq.batches=2"],
     "pt+lsq20": [F, "quantization.per_tensor=true", "quantization.lsq.steps=20",

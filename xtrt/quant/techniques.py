@@ -60,9 +60,9 @@ class Effort:
 EFFORTS: dict[str, Effort] = {
     "fast": Effort(method="minmax", per_tensor=False, equalization=False,
                    bias_correction=False, lsq_steps=0, adaround_steps=0),
-    "default": Effort(method="percentile", per_tensor=False, equalization=False,
+    "default": Effort(method="minmax", per_tensor=False, equalization=False,
                       bias_correction=False, lsq_steps=0, adaround_steps=0),
-    "best": Effort(method="percentile", per_tensor=True, equalization=False,
+    "best": Effort(method="minmax", per_tensor=False, equalization=False,
                    bias_correction=False, lsq_steps=20, adaround_steps=0),
 }
 
