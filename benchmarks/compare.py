@@ -42,7 +42,8 @@ XTRT = {"xtrt-fast": ["quantization.effort=fast"],
 LABELS = {"xtrt-fast": "xtrt effort fast", "xtrt-default": "xtrt default",
           "xtrt-fast=default": "xtrt fast = default (minmax)",
           "xtrt-percentile": "xtrt percentile (rejected default)",
-          "xtrt-best": "xtrt effort best", "ort-minmax": "ORT quantize_static MinMax",
+          "xtrt-best": "xtrt effort best (minmax + LSQ 20)",
+          "xtrt-pt+lsq20": "xtrt per-tensor + LSQ 20 (rejected best)", "ort-minmax": "ORT quantize_static MinMax",
           "ort-percentile": "ORT quantize_static Percentile", "modelopt-max": "ModelOpt int8 max"}
 
 
@@ -135,7 +136,7 @@ def plot(rows: Sequence[dict], path: Path) -> None:
     import matplotlib.ticker
 
     models = list(dict.fromkeys(r["model"] for r in rows))
-    markers = dict(zip(LABELS, "o*o*PsD^"))
+    markers = dict(zip(LABELS, "o*o*PPsD^"))
     colors = dict(zip(LABELS, plt.cm.tab10.colors))
     fig, axes = plt.subplots(1, len(models), figsize=(6.4 * len(models), 5.6), squeeze=False)
     for ax, m in zip(axes[0], models):

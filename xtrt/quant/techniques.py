@@ -47,16 +47,15 @@ class Effort:
     adaround_steps: int     # 0: off
 
 
-# Chosen by measurement (benchmarks/techniques.md, EfficientNet-Lite0 and YOLOv8n 640 on 2 shared CPU
-# cores).  Budget for ``default``: under 2 minutes on 2 idle CPU cores for a ~3-5 M-parameter model
-# at 640 (YOLOv8n) as well as 224 (EfficientNet-Lite0).  The four calibration methods, per-tensor
-# choice, cross-layer equalization and bias correction all land within 2 dB and the noise of 150
-# test images of each other; only LSQ moved EfficientNet-Lite0 (80.7 % -> 86.0 % top-1 agreement,
-# 19.3 -> 21.0 dB) at ~10x the time, which does not fit that budget at 640 on CPU, so it is ``best``.
-# fast: one min/max statistics pass (no histogram pass), ModelOpt max's cost class;
-# default: percentile (the best single method on EfficientNet-Lite0 at fast's cost class);
-# best: per-tensor method choice + LSQ, 20 steps per block on 2 calibration batches
-# (quantization.lsq.batches): 88.0 % / 21.2 dB on EfficientNet-Lite0, the best row measured.
+# Chosen by measurement (benchmarks/techniques.md, benchmarks/compare.md: EfficientNet-Lite0, 150
+# test images, and YOLOv8n 640, 272 FP32 boxes, on 2 shared CPU cores).  Budget for ``default``:
+# under 2 minutes on 2 idle CPU cores for a 3-5 M-parameter model, YOLOv8n at 640 included.
+# minmax is the only method that holds up on both: percentile / kl / mse / per-tensor clip the
+# detector's class-score activations (YOLOv8n mAP50-95 vs FP32 0.215 / 0.164 / 0.508 / 0.471
+# against minmax's 0.624) and win nothing beyond noise on EfficientNet-Lite0 (76.7-82.7 %,
+# 19.2-19.6 dB).  CLE and bias correction bought nothing; only LSQ moved EfficientNet-Lite0
+# (76.7 -> 86.0 %, 19.2 -> 20.5 dB) at ~3-8x the time, too slow at 640 on CPU: ``best``.
+# fast and default are therefore the same today (nothing measured at fast's cost beat minmax).
 EFFORTS: dict[str, Effort] = {
     "fast": Effort(method="minmax", per_tensor=False, equalization=False,
                    bias_correction=False, lsq_steps=0, adaround_steps=0),
@@ -84,7 +83,7 @@ def resolve(cfg):
     if q.lsq.enabled is None:
         q.lsq.enabled = e.lsq_steps > 0 or q.lsq.steps is not None
     if q.lsq.steps is None:
-        q.lsq.steps = e.lsq_steps or 100
+        q.lsq.steps = e.lsq_steps or 20    # measured: 20 steps
     if q.adaround.enabled is None:
         q.adaround.enabled = e.adaround_steps > 0 or q.adaround.steps is not None
     if q.adaround.steps is None:
