@@ -193,6 +193,7 @@ def test_quant_run_with_passes_writes_what_ppq_simulates(tmp_path):
                        preprocess={"preset": "resize_crop", "short_side": 32, "crop": [32, 32]},
                        calibration={"data": "images", "steps": 4, "batch_size": 2},
                        quantization={"effort": "best", "lsq": {"steps": 5, "batches": 2},
+                                     "per_tensor": True, "bias_correction": {"enabled": True},
                                      "equalization": {"enabled": True}},
                        evaluation={"count": 4, "batch_size": 4})
     assert run_main(main, ["--config", str(cfg), "-q"]) == 0
