@@ -225,9 +225,11 @@ def test_int64_input_model(tiny_config, tmp_path, capsys):
 def test_two_input_model(tiny_config, tmp_path, capsys):
     cfg = edit(tiny_config, model=str(small_model(tmp_path / "two.onnx", second_input=True)))
     assert run(["--config", cfg, "-q"]) == 1
+    # two image-shaped inputs: which one the images feed is the user's to say (a model with one
+    # image input and other inputs works: tests/quant/test_graphs.py)
     assert last_err(capsys) == (
-        "error: the model has 2 inputs (['input', 'extra']); xtrt calibrates single-input vision "
-        "models (fix: set input.name)")
+        "error: the model has 2 inputs (['input', 'extra']) and 2 4-D float image input(s) "
+        "(fix: set input.name to the input that images (or the arrays) feed)")
 
 
 def test_fp32_output_not_finite(tiny_config, tmp_path, capsys):

@@ -57,7 +57,8 @@ def test_runs_on_ort_at_batch_1_and_4(result):
     for a1, a4 in zip(out1, out4):
         assert a4.shape[0] == 4 and a1.shape[0] == 1
         assert np.all(np.isfinite(a4))
-        np.testing.assert_allclose(a1[0], a4[0], rtol=1e-4, atol=1e-4)
+        # the float part is FP16 (export.float_precision): batch 1 and 4 may differ by an ulp
+        np.testing.assert_allclose(a1[0], a4[0], rtol=2e-3, atol=1e-3)
 
 
 def test_fidelity_numbers_are_sane(result):
