@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# The GPU run behind "GPU (H100)" in benchmarks/README.md.  Run on the GPU machine from a checkout:
+# The GPU run behind the "GPU (H100/H200)" sections of benchmarks/README.md.  Run on the GPU machine
+# from a checkout:
 #   .whl/        cp312 wheels the machine lacks: ppq, pycocotools, onnxslim, colorama, pytest(+pluggy, iniconfig)
 #   ORTSITE      an unpacked onnxruntime-gpu wheel (../shared/docs/gpu.md), default $HOME/ortsite
 #   data/yolov8n_e2e.onnx   python -m xtrt.examples.yolo_e2e --out data/yolov8n_e2e.onnx
+#   data/effnet_lite0.onnx  python -m xtrt.examples.effnet --out data/effnet_lite0.onnx
 #   IMAGES       a folder of photos, default .gpudata/photos
-# Writes everything under $OUT (default /tmp/xtrt-gpu) and prints the figures.
+# The whole-run step needs 32 + 115 images; when IMAGES holds fewer, it runs on IMAGES plus
+# mirrored / flipped / rotated copies of its photos (new files under $RUN/photos, said in the output).
+# Writes gpu.log-style output to stdout, and report.json, calib_*.json and runs.tgz (the run folders'
+# small files) under $OUT (default /tmp/xtrt-gpu; few files, as the device tool brings back 8).
 set -uo pipefail
 OUT=${OUT:-/tmp/xtrt-gpu}
-RUN=${RUN:-/tmp/xtrt-gpu-run}      # full run folders; a selection is copied to $OUT
+RUN=${RUN:-/tmp/xtrt-gpu-run}      # full run folders; a selection is packed into $OUT/runs.tgz
 IMAGES=${IMAGES:-$PWD/.gpudata/photos}
 ORTSITE=${ORTSITE:-$HOME/ortsite}
 mkdir -p "$OUT" "$RUN"
@@ -21,26 +26,27 @@ PART=${1:-all}     # all | quant (tests, quant, calibration speed) | profile
 
 if [ "$PART" != profile ]; then
 step "gpu tests"
-python3 -m pytest -m gpu -q -p no:cacheprovider --tb=short 2>&1 | tail -40
+python3 -m pytest -m gpu -q -p no:cacheprovider --tb=short -rs 2>&1 | tail -40
 
 step "xtrt.quant on CUDA: YOLOv8n 640, 32 calibration images, 115 held out, auto method, layer-wise + fallback"
-python3 -m xtrt.quant --config data/yolov8n_e2e.yaml --device cuda -q \
-  --set 'input.shape=[8,3,640,640]' --set 'preprocess.size=[640,640]' \
-  --set "calibration.data=$IMAGES" --set calibration.steps=4 --set calibration.batch_size=8 \
-  --set calibration.method=auto --set "evaluation.data=$IMAGES" --set evaluation.count=115 \
-  --set evaluation.batch_size=8 --set analysis.layerwise=true --set analysis.target.metric=map50_95 \
-  --set analysis.target.min_value=0.9 --output-dir "$RUN/quant" 2>&1 | tail -3
-python3 - "$RUN/quant/report.json" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1]))
-print("timings_s", r["timings_s"])
-print("summary", r["summary"])
-EOF
-
-step "calibration speed: 512 images, batch 32, 640"
-timeout 300 python3 benchmarks/calib_speed.py --device cuda --images "$IMAGES" --count 512 --batch 32 --imgsz 640
-
+QIMAGES=$IMAGES
+if [ "$(ls "$IMAGES" | wc -l)" -lt 147 ]; then
+  QIMAGES=$RUN/photos
+  python3 benchmarks/gpu_photos.py "$IMAGES" "$QIMAGES" 147
 fi
+python3 benchmarks/gpu_whole_run.py "$QIMAGES" "$RUN/quant"
+cp "$RUN/quant/report.json" "$OUT/report.json" 2>/dev/null
+
+step "calibration speed: YOLOv8n 640, 512 images, batch 32"
+timeout 300 python3 benchmarks/calib_speed.py --device cuda --images "$IMAGES" --count 512 --batch 32 \
+  --imgsz 640 --repeat 2 --json "$OUT/calib_yolov8n.json"
+
+step "calibration speed: EfficientNet-Lite0 224, 512 images, batch 32"
+timeout 300 python3 benchmarks/calib_speed.py --device cuda --model data/effnet_lite0.onnx \
+  --preprocess-from data/effnet_lite0.yaml --images "$IMAGES" --count 512 --batch 32 --imgsz 224 \
+  --repeat 2 --json "$OUT/calib_effnet.json"
+fi
+
 if [ "$PART" != quant ]; then
 step "xtrt.profile on CUDA (ORT CUDA EP): FP32 vs INT8, batch 1,8,32"
 python3 -m xtrt.profile data/yolov8n_e2e.onnx --images "$IMAGES" --device cuda --imgsz 640 \
@@ -56,8 +62,6 @@ c = collections.Counter(e.get("cat") for e in ev)
 print("trace event categories:", dict(c.most_common(8)))
 EOF
 fi
-for d in quant profile profile_ppq; do
-  mkdir -p "$OUT/$d"; cp "$RUN/$d"/*.json "$RUN/$d"/*.png "$RUN/$d"/*.md "$OUT/$d/" 2>/dev/null
-done
-rm -f "$OUT"/*/trace.json
+(cd "$RUN" && tar czf "$OUT/runs.tgz" --exclude='*.onnx' --exclude=trace.json \
+  $(ls -d quant profile profile_ppq 2>/dev/null))
 echo "done $(date +%T)"

@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     from xtrt.model.prepare import prepare_model
     from xtrt.quant.export import export_qdq
     from xtrt.quant.calibrate import calibrate
-    from xtrt.quant.evaluate import task_and_layout
+    from xtrt.analysis.task import infer_task
     from xtrt.quant.placement import plan_placement
     from xtrt.quant.verify import evaluate, metric_value, prepare_eval
 
@@ -188,7 +188,8 @@ def main(argv=None) -> int:
     models["ModelOpt 0.47 int8 max, fp32"] = (mo_body, mo_inner)
 
     cfg = Config()
-    task, layout = task_and_layout(cfg, [dims_of(o) for o in pm.model.graph.output])
+    task, layout = infer_task([dims_of(o) for o in pm.model.graph.output], cfg.evaluation.task,
+                              pm.input_shape[2:4])
     cals = {}
     for method in [m for m in args.methods.split(",") if m]:
         cfg = Config()

@@ -50,8 +50,12 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", 2)  # xtrt.outdir.Interrupted carries SIGTERM too
+        name = "SIGTERM" if signum == 15 else "SIGINT"
+        staged = "; nothing was written (the staging folder was removed)" \
+            if hasattr(exc, "signum") else ""
+        print(f"error: interrupted by {name}{staged}", file=sys.stderr)
+        return 128 + signum
     except SystemExit as exc:  # argparse usage errors arrive here with code 2
         return int(exc.code or 0) if isinstance(exc.code, int) else 2

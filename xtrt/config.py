@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -56,8 +57,13 @@ class CalibrationConfig:
     # ort: statistics on ONNX Runtime (FP32 activations, fast), scales by PPQ's rules;
     # ppq: PPQ's own runtime calibration (its torch executor, activations seen with INT8 weights)
     engine: Literal["ort", "ppq"] = "ort"
-    seed: int = 0
+    # shuffle: false uses the files in sorted order (the first steps*batch_size calibrate, the
+    # rest are held out); true shuffles the file list first with random.Random(seed), so the
+    # calibration / held-out split is a random draw that seed makes repeatable. seed also seeds
+    # LSQ's and AdaRound's random choice of training batches. Nothing else in a run is random;
+    # a seed that drives none of these is a config error.
     shuffle: bool = False
+    seed: Optional[int] = None          # default 0 when shuffle is true
 
 
 # Optimisation passes (PPQ's, run by xtrt.quant.techniques).  ``enabled`` / ``steps`` left unset
@@ -147,6 +153,9 @@ class TargetConfig:
 class AnalysisConfig:
     graphwise: bool = True
     layerwise: bool = False
+    # build the written model with the TensorRT-RTX builder (when installed) and report the
+    # engine's structure: Int8 convolutions, Float layers outside them (not TensorRT 10, no latency)
+    trt_rtx: bool = True
     # ort: one ONNX Runtime session with a switch per layer, on the exported Q/DQ semantics;
     # ppq: PPQ's layerwise_error_analyse on its torch executor (same ranking, slower on CPU)
     layerwise_engine: Literal["ort", "ppq"] = "ort"
@@ -163,6 +172,16 @@ class AnalysisConfig:
 
 
 @dataclass
+class ExportConfig:
+    # fp16: everything outside the Q/DQ pairs is FP16 in the ONNX (TensorRT 11 / TensorRT-RTX
+    # build strongly typed: float32 tensors run FP32), except nodes kept FP32 for a measured reason.
+    # Default by measurement (benchmarks/README.md): FP16 vs FP32 export -0.14 dB (EfficientNet-
+    # Lite0) and -0.06 / +0.03 dB (YOLOv8n boxes / scores); TensorRT-RTX: YOLOv8n's 3 Float layers
+    # outside the Int8 convolutions -> 0
+    float_precision: Literal["fp16", "fp32"] = "fp16"
+
+
+@dataclass
 class Config:
     model: str = ""
     output_dir: Optional[str] = None    # default: <config dir>/xtrt_out/<model stem>
@@ -175,6 +194,7 @@ class Config:
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     base_dir: str = field(default=".", metadata={"internal": True})
 
     def path(self, value: Optional[str]) -> Optional[Path]:
@@ -287,11 +307,37 @@ def _check(cfg: Config) -> None:
         if v is not None and len(v) not in (1, 3):
             raise ConfigError(f"preprocess.{name}: needs 1 or 3 values, got {len(v)}",
                               f"write preprocess.{name}: [0.5, 0.5, 0.5]")
+        if v is not None and not all(math.isfinite(x) for x in v):
+            raise ConfigError(f"preprocess.{name}: {v} holds a value that is not finite",
+                              f"give finite numbers, e.g. preprocess.{name}: [0.5, 0.5, 0.5]")
+    std = cfg.preprocess.std or []
+    if any(x == 0 for x in std):
+        raise ConfigError(f"preprocess.std: {std} holds a 0 (dividing by it makes every input "
+                          "NaN/Inf)", "give the per-channel standard deviations, e.g. "
+                          "preprocess.std: [0.229, 0.224, 0.225], or leave std out")
+    if cfg.preprocess.scale == 0 or not math.isfinite(cfg.preprocess.scale):
+        raise ConfigError(f"preprocess.scale: {cfg.preprocess.scale} makes every input constant",
+                          "use a finite non-zero scale, e.g. preprocess.scale: 0.0039215686 (1/255)")
+    cal = cfg.calibration
+    if cal.seed is not None and not cal.shuffle and not _random_passes(cfg):
+        raise ConfigError("calibration.seed is set but nothing in this run is random "
+                          "(calibration.shuffle is false, LSQ and AdaRound are off), so it has "
+                          "no effect",
+                          "set calibration.shuffle: true to draw the calibration files at random "
+                          "with that seed, or remove calibration.seed")
     if not 0 <= cfg.evaluation.selection_share < 1:
         raise ConfigError(f"evaluation.selection_share: {cfg.evaluation.selection_share} is not "
                           "in [0, 1)", "use e.g. 0.5 (half the held-out images for choices)")
     if cfg.analysis.target is not None and not 0 <= cfg.analysis.target.max_drop < 1e3:
         raise ConfigError("analysis.target.max_drop must be >= 0", "use e.g. 0.01")
+
+
+def _random_passes(cfg: Config) -> bool:
+    """Whether LSQ or AdaRound run (they pick training batches at random: calibration.seed)."""
+    from xtrt.quant.techniques import resolve  # the effort preset decides unset passes
+
+    q = resolve(cfg).quantization
+    return bool(q.lsq.enabled or q.adaround.enabled)
 
 
 def _parse_scalar(text: str) -> Any:

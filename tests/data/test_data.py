@@ -62,12 +62,12 @@ def test_zero_usable_images_is_an_error(tmp_path):
     pre = build_preprocess(PreprocessConfig(size=[8, 8]))
     with pytest.raises(DataError) as e:
         list(BatchSource(list_files(tmp_path), "input", (3, 8, 8), pre))
-    assert str(e.value).startswith("no usable samples in 2 file(s); 2 unreadable, e.g. a.jpg")
+    assert str(e.value).startswith("no usable samples in 2 file(s); 2 unreadable or not finite, e.g. a.jpg")
     assert "give a folder of readable" in str(e.value)
 
 
 def test_tensor_files_checked_for_shape_and_dtype(tmp_path):
-    np.save(tmp_path / "ok.npy", np.zeros((3, 3, 8, 8), np.float32))
+    np.save(tmp_path / "ok.npy", np.ones((3, 3, 8, 8), np.float32))
     np.savez(tmp_path / "ok2.npz", input=np.zeros((3, 8, 8), np.float32))
     src = BatchSource(list_files(tmp_path), "input", (3, 8, 8), None, batch_size=4)
     assert [b.size for b in src] == [4]

@@ -70,13 +70,26 @@ def test_usage_error_exits_2(capsys):
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx_bindings") is None,
                     reason="tensorrt_rtx_bindings not installed")
-def test_trt_rtx_flag_builds_and_hints_body_only(save, capsys):
+def test_trt_rtx_flag_builds_plugin_models_by_their_body_and_says_so(save, capsys):
     assert main([save(tm.qdq_conv()), "--trt-rtx"]) == 0
     out = capsys.readouterr().out
     assert "TensorRT-RTX 1.7 AOT build, SM89: built in" in out
-    assert "1/1 convolutions take Int8" in out
+    assert "1/1 convolutions take Int8" in out and "built the body" not in out
     plugin = save(tm.qdq_conv_with_plugin_tail(), "e2e.onnx")
-    assert main([plugin, "--trt-rtx"]) == 1
-    assert "rerun with --body-only" in capsys.readouterr().out
+    assert main([plugin, "--trt-rtx"]) == 0
+    out = capsys.readouterr().out
+    assert "built the body before the plugin nodes (batched_nms) automatically" in out
+    assert "(body before plugin nodes batched_nms)" in out
     assert main([plugin, "--trt-rtx", "--body-only"]) == 0
     assert "(body before plugin nodes batched_nms)" in capsys.readouterr().out
+
+
+def test_hazards_line_and_strongly_typed_flag(save, capsys):
+    path = save(tm.qdq_conv_then_float_conv())
+    assert main([path]) == 0
+    assert "hazards: 1 (unquantized 1)" in capsys.readouterr().out
+    assert main([path, "--strongly-typed"]) == 0
+    out = capsys.readouterr().out
+    assert "hazards: 2 (unquantized 1, fp32_region 1)" in out
+    assert "FP32 region of 1 node(s) outside Q/DQ: conv2 [rule: a strongly-typed build" in out
+    assert main([save(tm.float_conv(), "f.onnx")]) == 1          # no Q/DQ: never PASSED

@@ -111,9 +111,9 @@ def test_scales_must_be_positive_and_finite(bad, text):
     assert all(text in f.message for f in errs)
 
 
-def test_model_without_qdq_gives_one_finding():
+def test_model_without_qdq_gives_one_finding_and_is_an_error():
     found = lint_qdq(tm.float_conv())
-    assert [(f.severity, f.check) for f in found] == [("warning", "no_qdq")]
+    assert [(f.severity, f.check) for f in found] == [("error", "no_qdq")]
     assert "not explicitly quantized (1 Conv/ConvTranspose/Gemm/MatMul nodes in float)" in found[0].message
 
 

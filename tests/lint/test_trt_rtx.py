@@ -96,3 +96,22 @@ def test_dynamic_non_batch_dims_need_shapes():
     rep = trt_rtx.build_with_trt_rtx(
         model, shapes={"x": ((1, 8, 8, 16), (1, 8, 16, 16), (2, 8, 32, 16))})
     assert rep.ok, rep.summary()
+
+
+@needs_trt_rtx
+def test_engine_judge_counts_float_islands_and_half_layers():
+    """The float conv of an FP32 Q/DQ graph builds as a Float layer; cast to FP16 it is Half."""
+    from xtrt.quant.fp16 import convert_fp16
+
+    m = tm.qdq_conv_then_float_conv()
+    fp32, fp16 = trt_rtx.engine_judge(m), trt_rtx.engine_judge(convert_fp16(m))
+    assert fp32["label"] == "TensorRT-RTX 1.7 AOT build, SM89" and fp32["accepted"]
+    assert fp32["int8_convolutions"] == 1 and fp32["convolutions"] == 2
+    assert [x["onnx_nodes"] for x in fp32["fp32_islands"]] == [["conv2"]]
+    assert fp32["half_layers"] == 0
+    assert fp16["accepted"] and fp16["int8_convolutions"] == 1 and fp16["fp32_islands"] == []
+    assert fp16["half_layers"] >= 1
+    assert any("conv" in x["onnx_nodes"] and "x_DQ" in x["onnx_nodes"]
+               for x in fp16["engine_layers"])       # the ONNX nodes fused into the Int8 conv
+    body = trt_rtx.engine_judge(tm.qdq_conv_with_plugin_tail())
+    assert body["accepted"] and body["body_only"] and body["plugin_nodes"] == ["batched_nms"]

@@ -168,3 +168,16 @@ def test_cuda_matches_reference(coding):
           box_coding=coding)
     check(boxes, scores, device="cuda", score_threshold=0.3, iou_threshold=0.45, max_output_boxes=60,
           box_coding=coding, class_agnostic=1, background_class=1)
+
+
+def test_score_equal_to_threshold_is_kept():
+    """TensorRT keeps a candidate whose score equals score_threshold (``>=``), in float32 as the
+    plugin compares: 0.25 is exact in float32, so the tie is real."""
+    boxes = np.array([[[0, 0, 1, 1], [5, 5, 6, 6], [9, 9, 10, 10]]], np.float32)
+    scores = np.array([[[0.25], [0.2499999], [0.9]]], np.float32)
+    num, b, s, _ = run_handler(boxes, scores, score_threshold=0.25, iou_threshold=0.5,
+                               max_output_boxes=10, background_class=-1, box_coding=0,
+                               score_activation=0, class_agnostic=0)
+    assert num[0, 0] == 2
+    np.testing.assert_array_equal(s[0, :2], np.float32([0.9, 0.25]))
+    np.testing.assert_array_equal(b[0, 1], boxes[0, 0])

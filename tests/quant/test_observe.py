@@ -166,3 +166,57 @@ def test_one_streamed_pass_gives_every_methods_statistics(tmp_path):
             assert h.sum() == want[t][0].sum()
     assert collect_statistics(model, tensors, feeds, ["minmax"]).keys() == {"minmax"}
     assert len(passes) == 3                      # minmax alone: one pass
+
+
+def test_output_buffers_are_made_once_per_input_shape():
+    """A short last batch gets its own buffers beside the full-batch ones: the next pass (full
+    batch first) neither learns the shapes again nor reallocates."""
+    from xtrt.quant.observe import OutputBuffers
+
+    learned = []
+
+    def specs(feeds):
+        learned.append(feeds["x"].shape)
+        return [(feeds["x"].shape, np.dtype(np.float32))]
+
+    bufs = OutputBuffers(specs, lambda sp: [np.empty(s, d) for s, d in sp])
+    full, short = {"x": np.zeros((4, 3))}, {"x": np.zeros((1, 3))}
+    first = bufs.get(full)
+    for _ in range(2):                                   # two passes of [full, full, short]
+        for f in (full, full, short):
+            got = bufs.get(f)
+            assert got[0].shape == f["x"].shape
+    assert bufs.get(full) is first                       # the same buffers, not new ones
+    assert learned == [(4, 3), (1, 3)] and bufs.made == 2
+    bufs.get({"x": np.zeros((2, 3))})                    # a third shape drops the oldest set
+    assert bufs.made == 3 and bufs.get(short)[0].shape == (1, 3) and bufs.made == 3
+    bufs.get(full)
+    assert bufs.made == 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_runner_short_last_batch_matches_cpu(tmp_path):
+    """On CUDA the outputs land in device buffers made once per batch shape (no host round trip
+    to learn them); full, short, full batches give the CPU session's values."""
+    from xtrt.quant.observe import _StatsRunner
+    from xtrt.runtime.session import cuda_ep_available
+
+    if not cuda_ep_available():
+        pytest.skip("needs onnxruntime-gpu")
+    model = onnx.load(make_classifier(tmp_path / "m.onnx"))
+    tensors = ["input", "c1", "r1"]
+    gpu, cpu = _StatsRunner(model, tensors, "cuda"), _StatsRunner(model, tensors, "cpu")
+    rng = np.random.default_rng(1)
+    shapes = [(2, 3, 32, 32), (1, 3, 32, 32), (2, 3, 32, 32), (1, 3, 32, 32)]
+    bad = []
+    for i, shape in enumerate(shapes):
+        feeds = {"input": rng.random(shape, dtype=np.float32)}
+        want = cpu.run(feeds)
+        got = gpu.run(feeds)
+        for name, w, g in zip(tensors, want, got):
+            assert tuple(g.shape) == w.shape and g.is_cuda
+            if not np.allclose(g.cpu().numpy(), w, atol=2e-3 * max(1.0, float(np.abs(w).max()))):
+                bad.append((i, name))
+    assert not bad, f"(batch, tensor) differing from the CPU session: {bad}"
+    assert gpu._buffers.made == 2

@@ -170,7 +170,11 @@ def test_effort_presets_fill_only_what_is_unset():
     assert best.calibration.method == "mse"
     assert best.quantization.lsq.enabled is False
     assert best.quantization.adaround.enabled is True and best.quantization.adaround.steps == 7
-    assert best.quantization.per_tensor == techniques.EFFORTS["best"].per_tensor
+    # a method written in the config holds for every tensor: no per-tensor choice over it
+    assert best.quantization.per_tensor is False
+    left = techniques.resolve(config_from_dict({"model": "m.onnx",
+                                                "quantization": {"effort": "best"}}))
+    assert left.quantization.per_tensor == techniques.EFFORTS["best"].per_tensor
 
 
 def test_quant_run_with_passes_writes_what_ppq_simulates(tmp_path):

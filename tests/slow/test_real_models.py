@@ -36,7 +36,7 @@ def test_quant_exit_code_and_files(result):
     for name in ("quantized.onnx", "quant_cfg.json", "report.json", "report.md",
                  "calibration.cache", "dynamic_range.json", "resolved_config.yaml"):
         assert (q.out_dir / name).is_file(), name
-    assert not list(q.out_dir.glob(".xtrt-partial-*"))
+    assert not list(q.out_dir.glob(".xtrt-staging-*"))
 
 
 def test_outputs_keep_names_and_order(result):

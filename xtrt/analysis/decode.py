@@ -2,7 +2,8 @@
 
 Two output layouts are recognised:
 * ``e2e``: an NMS plugin tail (``num_dets``, boxes [N,K,4] corners, scores [N,K], classes [N,K]);
-* ``yolo``: a raw YOLOv8-style head [N, 4 + C, A] (cx, cy, w, h, then C class scores), decoded here
+* ``yolo``: a raw YOLOv8-style head [N, 4 + C, A] (cx, cy, w, h, then C class scores; A the
+  cells of the feature pyramid), decoded here
   with the same EfficientNMS implementation the plugin handler uses.
 """
 from __future__ import annotations
@@ -13,17 +14,40 @@ import numpy as np
 
 from xtrt.analysis.detect import letterbox_unmap
 
-__all__ = ["detect_layout", "decode_detections"]
+__all__ = ["detect_layout", "anchor_counts", "decode_detections"]
 
 
-def detect_layout(output_shapes: Sequence[Sequence]) -> str | None:
-    """'e2e', 'yolo' or None from the model's output shapes (batch dim first)."""
+_STRIDES = (2, 4, 8, 16, 32, 64, 128)
+
+
+def anchor_counts(input_hw: Sequence[int]) -> set[int]:
+    """Anchor counts an anchor-free YOLO head can have on an ``input_hw`` image: one anchor per
+    cell of a feature pyramid whose strides are a run of 1-4 consecutive powers of two
+    (YOLOv8 at 640 with strides 8, 16, 32: 6400 + 1600 + 400 = 8400)."""
+    h, w = (int(v) for v in input_hw)
+    cells = [-(-h // s) * -(-w // s) for s in _STRIDES]
+    return {sum(cells[i:i + k]) for i in range(len(cells)) for k in range(1, 5)
+            if i + k <= len(cells)}
+
+
+def detect_layout(output_shapes: Sequence[Sequence],
+                  input_hw: Sequence[int] | None = None) -> str | None:
+    """'e2e', 'yolo' or None from the model's output shapes (batch dim first).
+
+    'yolo' is one output [N, 4 + C, A] whose A is many times 4 + C and, when ``input_hw`` is
+    given, one of :func:`anchor_counts` for that input: a CTC recognizer's [N, T, classes]
+    (T time steps, thousands of characters) has no such anchor grid and stays generic."""
     if len(output_shapes) == 4 and len(output_shapes[1]) == 3 and output_shapes[1][-1] == 4:
         return "e2e"
     if len(output_shapes) == 1 and len(output_shapes[0]) == 3:
         _, ch, anchors = output_shapes[0]
-        if isinstance(ch, int) and isinstance(anchors, int) and 5 <= ch < anchors:
-            return "yolo"
+        if not (isinstance(ch, int) and isinstance(anchors, int) and ch >= 5):
+            return None
+        if anchors < 4 * ch:
+            return None
+        if input_hw is not None and anchors not in anchor_counts(input_hw):
+            return None
+        return "yolo"
     return None
 
 

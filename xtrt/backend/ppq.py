@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from xtrt.errors import QuantizationError, UnsupportedOpError
+from xtrt.trt.rules import INT8_OP_TYPES, weight_scale
 
 __all__ = ["ppq_version", "CalibrationResult", "calibrate", "rescale", "graphwise_error",
            "layerwise_error", "equalize", "optimize", "choose_per_tensor",
@@ -31,8 +32,7 @@ __all__ = ["ppq_version", "CalibrationResult", "calibrate", "rescale", "graphwis
 
 log = logging.getLogger(__name__)
 
-QUANTIZED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool",
-                      "GlobalAveragePool")
+QUANTIZED_OP_TYPES = INT8_OP_TYPES
 _INSTALLED_HANDLERS: set[str] = set()
 
 
@@ -91,6 +91,15 @@ def ppq_version() -> str:
     return str(getattr(_ppq(), "__version__", "0.6.6"))
 
 
+def _prelu_forward(op, values, ctx=None, **kwargs):
+    """ONNX PRelu (slope broadcast to X, e.g. [C, 1, 1] from torch): PPQ 0.6.6 calls
+    ``F.prelu``, which takes only a scalar or 1-D slope and fails on every torch export."""
+    import torch
+
+    x, slope = values
+    return torch.where(x >= 0, x, x * slope.to(x.dtype))
+
+
 def _install_handlers() -> None:
     """Register every xtrt op handler with PPQ's TorchExecutor, on every platform (idempotent)."""
     ppq = _ppq()
@@ -99,6 +108,11 @@ def _install_handlers() -> None:
 
     import xtrt.ops as ops
 
+    if "PRelu" not in _INSTALLED_HANDLERS:
+        for platform in TargetPlatform:
+            with contextlib.suppress(Exception):
+                register_operation_handler(_prelu_forward, "PRelu", platform)
+        _INSTALLED_HANDLERS.add("PRelu")
     for name in ops.REGISTRY.names():
         if name in _INSTALLED_HANDLERS:
             continue
@@ -134,8 +148,12 @@ def _load_graph(model):
         with _quiet():
             return load_onnx_graph(tmp)
     except KeyError as exc:
-        raise UnsupportedOpError(f"PPQ cannot parse op {exc}",
-                                 "register a handler with --plugin my_ops.py") from exc
+        op = str(exc.args[0]) if exc.args else "?"
+        nodes = [n.name for n in model.graph.node if n.op_type == op]
+        where = f" (node {nodes[0]!r}{f' and {len(nodes) - 1} more' if len(nodes) > 1 else ''})" \
+            if nodes else ""
+        raise UnsupportedOpError(f"PPQ cannot parse op {op!r}{where}",
+                                 "register a handler for it with --plugin my_ops.py") from exc
     except OSError as exc:
         from xtrt.errors import OutputError
         raise OutputError(f"cannot write a temporary file for PPQ: {exc.strerror or exc}",
@@ -196,7 +214,7 @@ def calibrate(model, batches: Sequence[dict[str, np.ndarray]], *, device: str = 
         batches: calibration feeds (numpy, keyed by input name); materialised once here.
         method: percentile | kl | mse | minmax.
         fp32_ops: node names PPQ must leave in float.
-        lsq: None, or dict(steps, lr, block_size) to run LSQ fine-tuning after calibration.
+        lsq: None, or dict(steps, lr, block_size, seed) to run LSQ fine-tuning after calibration.
         act_ranges: tensor -> (low, high) collected elsewhere (xtrt.quant.observe, on ONNX
             Runtime); PPQ's runtime calibration pass is then skipped and each activation scale is
             set with PPQ's own ``minmax_to_scale_offset``.  Ignored with LSQ (which needs PPQ's
@@ -242,6 +260,14 @@ def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges,
         s.block_size = int(lsq.get("block_size", 4))
         s.collecting_device = device
         s.is_scale_trainable = True
+        # PPQ's LSQ picks its training batches with the global ``random`` module (and torch
+        # initialises nothing at random here): calibration.seed makes that repeatable
+        import random
+
+        import torch
+
+        random.seed(int(lsq.get("seed", 0)))
+        torch.manual_seed(int(lsq.get("seed", 0)))
     quantizer_cls = TensorRTQuantizer_InputOnly
     # dispatch with the input-only quantizer's op types, then apply our FP32 table
     graph = _dispatch(graph, quantizer_cls, setting)
@@ -259,6 +285,8 @@ def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges,
     except NotImplementedError as exc:
         raise UnsupportedOpError(f"PPQ cannot execute an op: {exc}",
                                  "register a handler with --plugin my_ops.py") from exc
+    except RuntimeError as exc:
+        raise _op_execution_error(exc, graph) from exc
     graph = quantizer._graph
     if fast:
         _apply_stats(graph, method, act_ranges or {}, act_hists or {})
@@ -270,13 +298,36 @@ def _calibrate(model, batches, *, device, method, fp32_ops, lsq, act_ranges,
     return res
 
 
+def _op_execution_error(exc: RuntimeError, graph) -> Exception:
+    """PPQ's ``Op Execution Error: <node>(Type: <op>, ...)`` as one actionable line (the torch
+    error under it says why); any other RuntimeError is returned unchanged (a bug: traceback)."""
+    import re
+
+    m = re.match(r"Op Execution Error: (.+?)\(Type: ([^,]+),", str(exc))
+    if m is None:
+        return exc
+    name, op_type = m.group(1), m.group(2)
+    cause = exc.__cause__
+    why = " ".join(str(cause).split()) if cause is not None else "no reason given"
+    hint = ("if the node reshapes with a fixed batch, re-export the model with a dynamic batch or "
+            "set calibration.batch_size: 1; otherwise report the model to xtrt")
+    if op_type in QUANTIZED_OP_TYPES:
+        hint = f"keep it float with quantization.exclude_nodes: [{name}], or " + hint
+    return QuantizationError(f"PPQ's executor failed at node {name!r} ({op_type}): "
+                             f"{type(cause).__name__ if cause else 'RuntimeError'}: {why}", hint)
+
+
 def _collect_scales(res: CalibrationResult) -> None:
-    """Read the scales of every quantized Conv/Gemm/MatMul/pool input out of the PPQ graph."""
+    """Read the scales of every quantized Conv/Gemm/MatMul/pool input out of the PPQ graph.
+
+    An overlapped config reads its dominant config's scale (PPQ's ``scale`` follows
+    ``dominated_by``); a tensor read by several quantized ops gets one scale, the first met."""
     import torch
     from ppq.core import QuantizationStates, TargetPlatform
 
     res.act_scales.clear(), res.weight_scales.clear(), res.weights.clear(), res.biases.clear()
     res.quantized_ops.clear(), res.fp32_ops.clear()
+    per_tensor: dict[str, float] = {}   # one scale per tensor, shared by all its consumers
     for op in res.graph.operations.values():
         cfg = getattr(op, "config", None)
         if cfg is None or op.platform == TargetPlatform.FP32 or op.type not in QUANTIZED_OP_TYPES:
@@ -297,7 +348,8 @@ def _collect_scales(res: CalibrationResult) -> None:
                 axis = qc.channel_axis if qc.channel_axis is not None else 0
                 res.weight_scales[(op.name, i)] = (scale.reshape(-1), int(axis))
             else:
-                res.act_scales[(op.name, i)] = float(scale.reshape(-1)[0])
+                res.act_scales[(op.name, i)] = per_tensor.setdefault(
+                    var.name, float(scale.reshape(-1)[0]))
 
 
 def rescale(result: CalibrationResult, method: str, *,
@@ -500,7 +552,8 @@ def _choose_per_tensor(result, candidates, batches, device):
 
 
 def _weight_scales(graph) -> None:
-    """Per-output-channel weight scale = max|w| / 127, as TensorRT computes it.
+    """Per-output-channel weight scale = max|w| / 127, as TensorRT computes it
+    (:func:`xtrt.trt.rules.weight_scale`).
 
     PPQ divides the range by 127.5 (``(quant_max - quant_min) / 2``), so each channel's largest
     weight rounds to 128 and is clipped to 127: with 9 weights per depthwise channel that clipped
@@ -519,52 +572,70 @@ def _weight_scales(graph) -> None:
             if not isinstance(w, torch.Tensor) or w.ndim < 1 or qc.scale.numel() <= 1 and w.ndim > 1:
                 continue
             axis = qc.channel_axis if qc.channel_axis is not None else 0
-            dims = [d for d in range(w.ndim) if d != axis]
-            amax = w.detach().abs().amax(dim=dims) if dims else w.detach().abs()
-            scale = torch.clamp(amax.float() / 127.0, min=1e-8)
+            scale = torch.from_numpy(weight_scale(w.detach().float().cpu().numpy(), axis))
             if scale.numel() == qc.scale.numel():
                 qc.scale = scale.to(qc.scale.device).reshape(qc.scale.shape)
+
+
+def _activation_configs(graph):
+    """(variable, config, consuming op) for every activation input config, in graph order.
+
+    PPQ overlaps a config when another one owns the tensor's quantization (the output config of a
+    GlobalAveragePool/AveragePool feeding a Conv, the configs of a fused pair): such a config is
+    ``OVERLAPPED`` and ``dominated_by`` points at its owner, whose scale it shares."""
+    for op in graph.operations.values():
+        cfg = getattr(op, "config", None)
+        if cfg is None:
+            continue
+        for var, qc in zip(op.inputs, cfg.input_quantization_config):
+            if not var.is_parameter:
+                yield var, qc, op
 
 
 def _apply_stats(graph, method: str, ranges: dict, hists: dict, reapply: bool = False) -> None:
     """Activate every activation quant config from statistics collected on ONNX Runtime, with
     PPQ's own rules: ``minmax_to_scale_offset`` for ranges, the kl / mse observer's
-    ``hist_to_scale_offset`` for histograms."""
+    ``hist_to_scale_offset`` for histograms.
+
+    The scale is set on the dominant config (``dominated_by``), once, from the statistics of the
+    tensor its consumers read; overlapped configs then share it, as PPQ intends."""
     import torch
     from ppq.core import QuantizationStates
     from ppq.quantization.observer.range import (TorchHistObserver, TorchMSEObserver,
                                                  minmax_to_scale_offset)
 
     observer_cls = {"kl": TorchHistObserver, "mse": TorchMSEObserver}.get(method)
-    missing = []
-    for op in graph.operations.values():
-        cfg = getattr(op, "config", None)
-        if cfg is None:
+    missing: list[str] = []
+    done: set[int] = set()
+    for var, qc, op in _activation_configs(graph):
+        root = qc.dominated_by
+        if id(root) in done:
             continue
-        for var, qc in zip(op.inputs, cfg.input_quantization_config):
-            if var.is_parameter:
-                continue
-            if qc.state != QuantizationStates.INITIAL and not (
-                    reapply and qc.state == QuantizationStates.ACTIVATED):
-                continue
-            if observer_cls is not None and var.name in hists:
-                hist, width = hists[var.name]
-                obs = observer_cls(watch_on=var, quant_cfg=qc)
-                scale, offset = obs.hist_to_scale_offset(
-                    histogram=torch.from_numpy(hist.astype(np.int64)), hist_bins=len(hist),
-                    hist_scale=float(width), config=qc)
-            elif var.name in ranges:
-                lo, hi = ranges[var.name]
-                scale, offset = minmax_to_scale_offset(float(lo), float(hi), qc)
-            else:
-                missing.append(var.name)
-                continue
-            qc.scale = torch.tensor(scale, dtype=torch.float32)
-            qc.offset = torch.tensor(offset, dtype=torch.float32)
-            qc.state = QuantizationStates.ACTIVATED
+        if root.state != QuantizationStates.INITIAL and not (
+                reapply and root.state == QuantizationStates.ACTIVATED):
+            continue
+        if observer_cls is not None and var.name in hists:
+            hist, width = hists[var.name]
+            obs = observer_cls(watch_on=var, quant_cfg=root)
+            scale, offset = obs.hist_to_scale_offset(
+                histogram=torch.from_numpy(hist.astype(np.int64)), hist_bins=len(hist),
+                hist_scale=float(width), config=root)
+        elif var.name in ranges:
+            lo, hi = ranges[var.name]
+            scale, offset = minmax_to_scale_offset(float(lo), float(hi), root)
+        else:
+            missing.append(f"{op.name} ({op.type}) input {var.name!r}")
+            continue
+        root.scale = torch.tensor(scale, dtype=torch.float32)
+        root.offset = torch.tensor(offset, dtype=torch.float32)
+        root.state = QuantizationStates.ACTIVATED
+        done.add(id(root))
     if missing:
-        raise QuantizationError(f"no calibration statistics for {len(missing)} tensor(s), e.g. "
-                                f"{missing[0]!r}", "report the model to xtrt")
+        raise QuantizationError(
+            f"no calibration statistics for {len(missing)} quantized input(s), e.g. node "
+            f"{missing[0]}: ONNX Runtime did not report that tensor",
+            "report the model to xtrt; meanwhile exclude the node with "
+            f"quantization.exclude_nodes: [{missing[0].split(' ')[0]}]")
 
 
 def _dispatch(graph, quantizer_cls, setting):

@@ -68,6 +68,9 @@ def decode_image(path: str | Path) -> np.ndarray:
                 arr = (arr / max(arr.max(), 1) * 255).astype(np.uint8)
                 return np.repeat(arr[:, :, None], 3, axis=2)
             return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    except Image.DecompressionBombError as exc:  # a header claiming ~20000x20000 pixels
+        raise DataError(f"cannot decode image {str(path)!r}: it claims more pixels than PIL's "
+                        f"limit ({exc})", "remove the file or downscale it") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"cannot decode image {str(path)!r}: {exc}",
                         "remove the file or replace it with a valid image") from exc

@@ -12,7 +12,8 @@ import numpy as np
 
 from xtrt.errors import ConfigError
 
-__all__ = ["PreMeta", "letterbox", "resize_crop", "build_preprocess", "load_callable"]
+__all__ = ["PreMeta", "letterbox", "resize_crop", "build_preprocess", "load_callable",
+           "call_plugin", "resolve_plugin_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,9 @@ def load_callable(spec: str, what: str = "preprocess plugin") -> Callable:
             module = importlib.import_module(mod_part)
     except ConfigError:
         raise
+    except SystemExit as exc:
+        raise ConfigError(f"{what} {mod_part!r} called sys.exit({exc.code!r}) while loading",
+                          "remove the sys.exit call from that file") from None
     except Exception as exc:
         raise ConfigError(f"cannot load {what} {mod_part!r}: {type(exc).__name__}: {exc}",
                           "fix the error in that file") from exc
@@ -106,10 +110,39 @@ def load_callable(spec: str, what: str = "preprocess plugin") -> Callable:
     return func
 
 
-def build_preprocess(pre, input_hw: tuple[int, int] | None = None) -> Preprocess:
+def call_plugin(func: Callable, spec: str, img: np.ndarray):
+    """``func(img)``; an exception or ``sys.exit`` in the user's function becomes one ConfigError."""
+    where = f"preprocess plugin {spec}"
+    try:
+        return func(img)
+    except SystemExit as exc:
+        raise ConfigError(f"{where} called sys.exit({exc.code!r})",
+                          "return the preprocessed array instead of exiting") from None
+    except (KeyboardInterrupt, MemoryError, ConfigError):
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{where} raised {type(exc).__name__}: {exc}",
+                          "fix that function (run with -v for the traceback)") from exc
+
+
+def resolve_plugin_spec(spec: str, base_dir: str | Path | None) -> str:
+    """``file.py:func`` with a relative file resolved against ``base_dir`` (the config's folder);
+    module specs (``pkg.mod:func``), absolute paths and ``base_dir=None`` (CLI: the working
+    directory) are returned unchanged."""
+    if base_dir is None or ":" not in spec:
+        return spec
+    file, func = spec.rsplit(":", 1)
+    if not file.endswith(".py") or Path(file).expanduser().is_absolute():
+        return spec
+    return f"{Path(base_dir) / Path(file).expanduser()}:{func}"
+
+
+def build_preprocess(pre, input_hw: tuple[int, int] | None = None,
+                     base_dir: str | Path | None = None) -> Preprocess:
     """Turn a :class:`xtrt.config.PreprocessConfig` into a callable ``img -> (chw, PreMeta)``.
 
-    ``input_hw`` is the model's spatial input size, used when the config gives none.
+    ``input_hw`` is the model's spatial input size, used when the config gives none;
+    ``base_dir`` is the config's folder, against which ``preprocess.plugin`` is resolved.
     """
     preset = pre.preset
     if preset == "letterbox":
@@ -130,10 +163,11 @@ def build_preprocess(pre, input_hw: tuple[int, int] | None = None) -> Preprocess
         return lambda img: resize_crop(img, short, crop, color=pre.color, scale=pre.scale,
                                        mean=mean, std=std)
     if preset == "plugin":
-        func = load_callable(pre.plugin)
+        spec = resolve_plugin_spec(pre.plugin, base_dir)
+        func = load_callable(spec)
 
         def run_plugin(img: np.ndarray):
-            out = func(img)
+            out = call_plugin(func, spec, img)
             if isinstance(out, tuple):
                 arr, meta = out
             else:

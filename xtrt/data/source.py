@@ -79,12 +79,15 @@ class BatchSource:
         cache_bytes: keep preprocessed batches for re-iteration up to this many bytes.
         workers: decode/preprocess threads (None: :func:`default_workers`; 1: serial).
         progress: wrap iteration in a tqdm bar with this description (None: no bar).
+        other_inputs: a multi-input model's other inputs, name -> (per-sample dims, dtype name):
+            only ``.npz`` files can feed them (one array per input name); images cannot.
     """
 
     def __init__(self, files: Sequence[Path], input_name: str, sample_shape: tuple | None,
                  preprocess: Callable | None, batch_size: int = 1, *, limit: int | None = None,
                  drop_last: bool = False, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 progress: str | None = None, dtype=np.float32, workers: int | None = None):
+                 progress: str | None = None, dtype=np.float32, workers: int | None = None,
+                 other_inputs: dict | None = None):
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}", "use a positive batch size")
         self.files = list(files)
@@ -98,12 +101,41 @@ class BatchSource:
         self.progress = progress
         self.dtype = np.dtype(dtype)
         self.workers = default_workers() if workers is None else max(1, int(workers))
+        self.other_inputs = dict(other_inputs or {})
         self.skipped: list[tuple[Path, str]] = []
         self.used = 0
         self._cache: list[Batch] | None = None
 
     # -- samples -------------------------------------------------------------------------------
+    def _npz_inputs(self, path: Path) -> Iterator[tuple[dict, PreMeta]]:
+        """Samples of a multi-input model from one ``.npz``: an array under every input name."""
+        names = [self.input_name, *self.other_inputs]
+        if path.suffix.lower() != ".npz":
+            raise DataError(f"{path.name}: a .npy holds one array, but the model has inputs "
+                            f"{names}", "save one .npz per batch with an array per input, "
+                            f"np.savez(f, {', '.join(f'{n}=...' for n in names)})")
+        with np.load(path, allow_pickle=False) as z:
+            missing = [n for n in names if n not in z.files]
+            if missing:
+                raise DataError(f"{path.name}: npz holds {z.files}, not {missing}",
+                                f"save an array per model input, np.savez(f, "
+                                f"{', '.join(f'{n}=...' for n in names)})")
+            specs = {self.input_name: (list(self.sample_shape or z[self.input_name].shape[1:]),
+                                       self.dtype.name), **self.other_inputs}
+            arrays = {n: _as_batch(path, n, z[n], *specs[n]) for n in names}
+        sizes = {len(a) for a in arrays.values()}
+        if len(sizes) != 1:
+            raise DataError(f"{path.name}: the arrays hold different sample counts "
+                            f"{ {n: len(a) for n, a in arrays.items()} }",
+                            "save the same number of samples for every input")
+        for i in range(sizes.pop()):
+            sample = {n: a[i] for n, a in arrays.items()}
+            yield sample, PreMeta(tuple(sample[self.input_name].shape[-2:]))
+
     def _tensor_samples(self, path: Path) -> Iterator[tuple[np.ndarray, PreMeta]]:
+        if self.other_inputs:
+            yield from self._npz_inputs(path)
+            return
         try:
             if path.suffix.lower() == ".npz":
                 with np.load(path, allow_pickle=False) as z:
@@ -133,6 +165,9 @@ class BatchSource:
                 raise DataError(f"tensor file {path.name} has shape {list(arr.shape)}, the model input "
                                 f"{self.input_name!r} takes [N, {', '.join(map(str, want))}]",
                                 "save arrays of the model's input shape (one sample or a batch)")
+        if not np.isfinite(arr).all():
+            self._skip(path, f"holds {arr.size - int(np.isfinite(arr).sum())} NaN/Inf values")
+            return
         for sample in arr:
             yield sample.astype(self.dtype, copy=False), PreMeta(tuple(sample.shape[-2:]))
 
@@ -148,11 +183,20 @@ class BatchSource:
         return np.asarray(x).astype(self.dtype, copy=False), meta
 
     def _image_sample(self, path: Path, result) -> tuple[np.ndarray, PreMeta] | None:
+        if self.other_inputs:
+            names = [self.input_name, *self.other_inputs]
+            raise DataError(f"images can feed only the image input {self.input_name!r}; the "
+                            f"model also takes {list(self.other_inputs)}",
+                            "give .npz calibration files with an array per input, np.savez(f, "
+                            f"{', '.join(f'{n}=...' for n in names)}) (set input.name if "
+                            "the image input is another one)")
         if isinstance(result, DataError):
-            self.skipped.append((path, result.message))
-            log.debug("skipped %s: %s", path, result.message)
+            self._skip(path, result.message)
             return None
         x, meta = result
+        if not np.isfinite(x).all():
+            self._skip(path, "preprocessing gives NaN/Inf values")
+            return None
         if self.sample_shape is not None and tuple(x.shape) != tuple(self.sample_shape):
             raise DataError(f"preprocessing gives {list(x.shape)} but input {self.input_name!r} "
                             f"takes {list(self.sample_shape)}",
@@ -186,6 +230,10 @@ class BatchSource:
                     if fut is not None:
                         fut.cancel()
 
+    def _skip(self, path: Path, why: str) -> None:
+        self.skipped.append((path, why))
+        log.debug("skipped %s: %s", path, why)
+
     def _samples(self) -> Iterator[tuple[np.ndarray, PreMeta, Path]]:
         n = 0
         for path, result in self._decoded():
@@ -205,25 +253,38 @@ class BatchSource:
         self.skipped = []
         xs, metas, paths = [], [], []
         count = 0
+        lo, hi = np.inf, -np.inf
         for x, meta, path in self._samples():
             xs.append(x), metas.append(meta), paths.append(path)
+            img = x[self.input_name] if isinstance(x, dict) else x   # the image input decides
+            lo, hi = min(lo, float(img.min(initial=np.inf))), max(hi, float(img.max(initial=-np.inf)))
             if len(xs) == self.batch_size:
                 count += len(xs)
-                yield Batch({self.input_name: np.stack(xs)}, paths, metas)
+                yield Batch(self._stack(xs), paths, metas)
                 xs, metas, paths = [], [], []
         if xs and not self.drop_last:
             count += len(xs)
-            yield Batch({self.input_name: np.stack(xs)}, paths, metas)
+            yield Batch(self._stack(xs), paths, metas)
         self.used = count
         if count == 0:
             what = f"{len(self.files)} file(s)"
-            why = f"; {len(self.skipped)} unreadable, e.g. {self.skipped[0][0].name}: " \
-                  f"{self.skipped[0][1]}" if self.skipped else ""
+            why = f"; {len(self.skipped)} unreadable or not finite, e.g. " \
+                  f"{self.skipped[0][0].name}: {self.skipped[0][1]}" if self.skipped else ""
             raise DataError(f"no usable samples in {what}{why}",
-                            "give a folder of readable jpg/png/bmp/webp images or .npy/.npz tensors")
+                            "give a folder of readable jpg/png/bmp/webp images or finite "
+                            ".npy/.npz tensors")
+        if lo == hi:
+            raise DataError(f"every value of the {count} sample(s) from {len(self.files)} file(s) "
+                            f"is {lo:g}: constant data gives calibration nothing to measure",
+                            "check the files (all-zero tensors?) and preprocess.scale/mean/std")
         if self.skipped:
-            log.warning("skipped %d unreadable file(s), e.g. %s", len(self.skipped),
-                        self.skipped[0][0].name)
+            log.warning("skipped %d unreadable or non-finite file(s), e.g. %s: %s",
+                        len(self.skipped), self.skipped[0][0].name, self.skipped[0][1])
+
+    def _stack(self, xs: list) -> dict[str, np.ndarray]:
+        if isinstance(xs[0], dict):
+            return {k: np.stack([x[k] for x in xs]) for k in xs[0]}
+        return {self.input_name: np.stack(xs)}
 
     def __iter__(self) -> Iterator[Batch]:
         if self._cache is not None:
@@ -254,6 +315,22 @@ class BatchSource:
             return len(self._cache)
         n = len(self.files) if self.limit is None else min(self.limit, len(self.files))
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+def _as_batch(path: Path, name: str, arr: np.ndarray, dims: list, dtype: str) -> np.ndarray:
+    """``arr`` as [n, *dims] of ``dtype`` (one sample gets a batch axis); same-kind casts only."""
+    want = np.dtype(dtype)
+    if np.issubdtype(want, np.floating) != np.issubdtype(arr.dtype, np.floating) or \
+            arr.dtype.kind == "b" and want.kind != "b":
+        raise DataError(f"{path.name}: array {name!r} has dtype {arr.dtype}, the model input "
+                        f"takes {want}", f"save {name!r} as {want} (x.astype('{want}'))")
+    if tuple(arr.shape) == tuple(dims):
+        arr = arr[None]
+    elif arr.ndim != len(dims) + 1 or list(arr.shape[1:]) != list(dims):
+        raise DataError(f"{path.name}: array {name!r} has shape {list(arr.shape)}, the model "
+                        f"input takes [N, {', '.join(map(str, dims))}]",
+                        "save arrays of the model's input shape (one sample or a batch)")
+    return arr.astype(want, copy=False)
 
 
 def _progress(gen: Iterator[Batch], bar) -> Iterator[Batch]:

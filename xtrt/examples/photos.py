@@ -19,7 +19,8 @@ from typing import Sequence
 
 from xtrt.errors import DataError
 
-__all__ = ["SKIMAGE_PHOTOS", "OPENCV_PHOTOS", "skimage_photos", "opencv_doc_dir", "collect_photos"]
+__all__ = ["SKIMAGE_PHOTOS", "OPENCV_PHOTOS", "OPENCV_TEXT", "skimage_photos", "opencv_doc_dir",
+           "collect_photos", "collect_text_images"]
 
 SKIMAGE_PHOTOS = ("astronaut.png", "camera.png", "chelsea.png", "coffee.png", "coins.png",
                   "hubble_deep_field.jpg", "rocket.jpg")
@@ -34,6 +35,17 @@ OPENCV_PHOTOS = (
     "ela_modified.jpg", "graf3.png", "rubberwhale2.png",
 )
 _OPENCV_SUB = "usr/share/doc/opencv-doc/examples/data"
+# photos of text for OCR models: opencv-doc's scene-text samples (examples/text) and text photos
+OPENCV_TEXT = (
+    "text/scenetext01.jpg", "text/scenetext02.jpg", "text/scenetext03.jpg", "text/scenetext04.jpg",
+    "text/scenetext05.jpg", "text/scenetext06.jpg", "text/scenetext_word01.jpg",
+    "text/scenetext_word02.jpg", "text/scenetext_word03.jpg", "text/scenetext_word04.jpg",
+    "text/scenetext_segmented_word01.jpg", "text/scenetext_segmented_word02.jpg",
+    "text/scenetext_segmented_word03.jpg", "text/scenetext_segmented_word04.jpg",
+    "text/scenetext_segmented_word05.jpg", "text/scenetext_char01.jpg", "text/scenetext_char02.jpg",
+    "text/scenetext_char03.jpg", "data/text_defocus.jpg", "data/text_motion.jpg",
+    "data/imageTextN.png", "data/imageTextR.png", "data/notes.png", "data/licenseplate_motion.jpg",
+)
 
 
 def skimage_photos() -> list[Path]:
@@ -82,6 +94,28 @@ def collect_photos(dest: str | Path, *, opencv_doc: bool = True, download: bool 
         if not t.exists():
             shutil.copyfile(s, t)
         out.append(t)
+    return out
+
+
+def collect_text_images(dest: str | Path, *, download: bool = False) -> list[Path]:
+    """Copy opencv-doc's photos of text (scene text, word crops) into ``dest``; returns the copies.
+
+    Empty when opencv-doc is not available (and ``download`` is off or fails).
+    """
+    d = opencv_doc_dir(download=download)
+    if d is None:
+        return []
+    root = d.parent  # .../examples
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for rel in OPENCV_TEXT:
+        src = root / rel
+        if src.is_file():
+            t = dest / src.name
+            if not t.exists():
+                shutil.copyfile(src, t)
+            out.append(t)
     return out
 
 

@@ -33,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trt-rtx", action="store_true",
                    help="also parse and build with the TensorRT-RTX builder (SM89, no GPU needed)")
     p.add_argument("--body-only", action="store_true",
-                   help="with --trt-rtx: build only the graph before plugin nodes (EfficientNMS_TRT)")
+                   help="with --trt-rtx: build only the graph before plugin nodes (the default "
+                        "when the model has plugin nodes TensorRT-RTX lacks, e.g. EfficientNMS_TRT)")
+    p.add_argument("--strongly-typed", action="store_true",
+                   help="report FP32 regions outside Q/DQ (default: when the model has FP16 "
+                        "tensors)")
     p.add_argument("--show-info", action="store_true", help="print info-level findings too")
     add_common_args(p)
     return p
@@ -49,8 +53,23 @@ def _declared_float(model_path: Path, cfg_path: str | None) -> list[str]:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read {str(path)!r} as JSON: {exc}",
-                          "pass the quant_cfg.json written by xtrt.quant") from exc
-    names = list(data.get("float_ops") or {}) + list(data.get("decode_tail") or [])
+                          "pass the quant_cfg.json written by xtrt.quant with --quant-cfg, or "
+                          "move the broken file away") from exc
+    float_ops = data.get("float_ops") if isinstance(data, dict) else None
+    tail = data.get("decode_tail") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(float_ops or {}, (dict, list)) or \
+            not isinstance(tail or [], list):
+        raise ConfigError(f"{str(path)!r} is not an xtrt quant_cfg.json (expected an object with "
+                          "float_ops {node: reason} and decode_tail [nodes])",
+                          "pass the quant_cfg.json written by xtrt.quant with --quant-cfg, or "
+                          "move the other file away")
+    precision = data.get("float_precision")
+    kept = precision.get("kept_fp32") if isinstance(precision, dict) else None
+    if precision is not None and not isinstance(kept or {}, (dict, list)):
+        raise ConfigError(f"{str(path)!r} has a float_precision.kept_fp32 that is not a list of "
+                          "nodes", "pass the quant_cfg.json written by xtrt.quant with "
+                          "--quant-cfg, or move the other file away")
+    names = list(float_ops or {}) + list(tail or []) + list(kept or {})
     return [n if isinstance(n, str) else str(n) for n in names]
 
 
@@ -58,30 +77,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.quiet)
     t0 = time.perf_counter()
-    from xtrt.lint.qdq import lint_qdq, summarize
+    from xtrt.lint.qdq import hazard_counts, lint_qdq, summarize
     from xtrt.model.load import load_model
 
     path = Path(args.model)
     model = load_model(path)
     floats = _declared_float(path, args.quant_cfg)
-    findings = lint_qdq(model, float_nodes=floats, strict=args.strict)
+    findings = lint_qdq(model, float_nodes=floats, strict=args.strict,
+                        strongly_typed=True if args.strongly_typed else None)
     for f in findings:
         if f.severity != "info" or args.show_info:
             print(f)
     counts = summarize(findings)
+    hazards = hazard_counts(findings)
+    print(f"hazards: {sum(hazards.values())}" + (" (" + ", ".join(f"{k} {v}" for k, v in
+                                                                   hazards.items()) + ")"
+                                                  if hazards else ""))
     failed = counts["error"] > 0
     extra = ""
     if args.trt_rtx:
         from xtrt.lint.trt_rtx import build_with_trt_rtx
 
-        rep = build_with_trt_rtx(model, build_body_only=args.body_only)
+        rep = build_with_trt_rtx(model, build_body_only=True if args.body_only else None)
+        if rep.body_only and rep.plugin_nodes and not args.body_only:
+            print(f"built the body before the plugin nodes ({', '.join(rep.plugin_nodes)}) "
+                  "automatically: TensorRT-RTX ships no such plugin")
         print(rep.summary())
         for err in (rep.parse_errors + rep.build_errors)[1:]:
             print(f"  {err}")
-        if not rep.ok and not args.body_only and any("Plugin not found" in e
-                                                     for e in rep.parse_errors):
-            print("  (a plugin-terminated model: rerun with --body-only to build the graph "
-                  "before the plugin nodes)")
+        for layer in rep.fp32_islands:
+            print(f"  Float layer {layer.name} ({layer.layer_type}): "
+                  f"{', '.join(layer.onnx_nodes) or 'no ONNX node'}")
         failed = failed or not rep.ok
         extra = f"; {rep.label}: {'built' if rep.ok else 'FAILED'}"
     cmd = "python -m xtrt.lint " + " ".join(argv if argv is not None else sys.argv[1:])

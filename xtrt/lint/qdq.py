@@ -19,9 +19,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["Finding", "COMPUTE_OPS", "lint_qdq", "errors", "summarize"]
+from xtrt.trt.rules import WEIGHTED_OP_TYPES, attr as _attr, weight_axis as _rule_axis
 
-COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+__all__ = ["Finding", "COMPUTE_OPS", "lint_qdq", "errors", "summarize", "hazard_counts"]
+
+COMPUTE_OPS = WEIGHTED_OP_TYPES
 SEVERITIES = ("error", "warning", "info")
 # ops TensorRT looks through between a weight's DequantizeLinear and its consumer
 _PASS_THROUGH = {"Identity", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"}
@@ -35,9 +37,13 @@ class Finding:
     node: str
     message: str
     check: str = ""
+    rule: str = ""
+    fix: str = ""
 
     def __str__(self) -> str:
-        return f"{self.severity.upper():7s} {self.node}: {self.message}"
+        extra = (f" [rule: {self.rule}]" if self.rule else "") + \
+            (f" (fix: {self.fix})" if self.fix else "")
+        return f"{self.severity.upper():7s} {self.node}: {self.message}{extra}"
 
 
 class _Graph:
@@ -70,7 +76,8 @@ class _Graph:
             node = self.producer[name]
             if node.op_type == "DequantizeLinear":
                 return node
-            if not allow_pass or node.op_type not in _PASS_THROUGH:
+            # a Cast (the FP16 export's DQ -> Cast -> layer) is fused by TensorRT
+            if node.op_type != "Cast" and (not allow_pass or node.op_type not in _PASS_THROUGH):
                 return None
             name, seen = node.input[0], seen + 1
         return None
@@ -105,29 +112,6 @@ class _Graph:
                 return self.consts[node.input[2]].dtype
             return np.dtype(np.uint8)  # ONNX default without zero point
         return None
-
-
-def _attr(node, name: str, default=None):
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
-def _weight_axis(node, rank: int) -> int | None:
-    """The output-channel axis of ``node``'s weight (input 1), or None when unknown."""
-    op = node.op_type
-    if op == "Conv":
-        return 0
-    if op == "ConvTranspose":
-        return 1
-    if op == "Gemm":
-        return 0 if _attr(node, "transB", 0) else 1
-    if op == "MatMul":
-        return rank - 1 if rank >= 2 else None
-    return None
 
 
 def _check_compute(g: _Graph, node, float_nodes: set[str], strict: bool) -> list[Finding]:
@@ -169,7 +153,7 @@ def _check_compute(g: _Graph, node, float_nodes: set[str], strict: bool) -> list
         if data is None or g.producer.get(name) is not dq:
             continue  # shape unknown, or reshaped on the way: cannot map axes reliably
         rank = data.ndim
-        want = _weight_axis(node, rank)
+        want = _rule_axis(node, rank, list(node.input).index(name))
         axis = int(_attr(dq, "axis", 1))
         axis = axis + rank if axis < 0 else axis
         if want is not None and axis != want:
@@ -226,13 +210,16 @@ def _check_qdq_node(g: _Graph, node) -> list[Finding]:
     return out
 
 
-def lint_qdq(model, *, float_nodes: Iterable[str] = (), strict: bool = False) -> list[Finding]:
+def lint_qdq(model, *, float_nodes: Iterable[str] = (), strict: bool = False,
+             strongly_typed: bool | None = None) -> list[Finding]:
     """Check a Q/DQ ONNX model's structure; see the module docstring.
 
     Args:
         model: an ``onnx.ModelProto`` (or a path to one).
         float_nodes: names of compute nodes that are float on purpose (reported as info).
         strict: report a compute node with no quantized input as an error, not a warning.
+        strongly_typed: report FP32 regions outside Q/DQ (None: when the model has float16
+            tensors, i.e. it was exported for a strongly-typed build).
 
     Returns:
         Findings ordered errors first, then warnings, then info (graph order within each).
@@ -241,6 +228,12 @@ def lint_qdq(model, *, float_nodes: Iterable[str] = (), strict: bool = False) ->
         from xtrt.model.load import load_model
 
         model = load_model(model)
+    import onnx
+
+    try:    # tensor types for the FP32-region check
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # plugin nodes or external data: the declared types are used
+        pass
     g = _Graph(model)
     floats = set(float_nodes)
     found: list[Finding] = []
@@ -253,14 +246,34 @@ def lint_qdq(model, *, float_nodes: Iterable[str] = (), strict: bool = False) ->
             found += _check_qdq_node(g, node)
         elif node.op_type in COMPUTE_OPS:
             found += _check_compute(g, node, floats, strict)
-    if not has_qdq:  # one finding, not one per layer
+    if has_qdq:
+        from xtrt.lint.hazards import check_hazards
+
+        found += check_hazards(g, model, Finding, strongly_typed=strongly_typed,
+                               declared_fp32=floats)
+    else:  # one finding, not one per layer; a model with no Q/DQ never passes
         n = sum(1 for node in g.nodes if node.op_type in COMPUTE_OPS)
-        found = [Finding("error" if strict else "warning", "<graph>",
+        found = [Finding("error", "<graph>",
                          f"the model has no QuantizeLinear/DequantizeLinear nodes: it is not "
                          f"explicitly quantized ({n} Conv/ConvTranspose/Gemm/MatMul nodes in float)",
                          "no_qdq")]
+    from dataclasses import replace
+
+    from xtrt.lint.hazards import RULES
+
+    found = [replace(f, rule=RULES[f.check][0], fix=RULES[f.check][1])
+             if f.check in RULES and f.severity != "info" and not f.rule else f for f in found]
     order = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(found, key=lambda f: order.get(f.severity, 9))  # stable: graph order kept
+
+
+def hazard_counts(findings: Sequence[Finding]) -> dict[str, int]:
+    """Errors and warnings per check (the hazards), in first-seen order."""
+    out: dict[str, int] = {}
+    for f in findings:
+        if f.severity in ("error", "warning"):
+            out[f.check or "other"] = out.get(f.check or "other", 0) + 1
+    return out
 
 
 def errors(findings: Sequence[Finding]) -> list[Finding]:

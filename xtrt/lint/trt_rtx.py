@@ -25,7 +25,7 @@ from typing import Sequence
 from xtrt.errors import ModelError, XtrtError
 
 __all__ = ["LABEL", "TrtLayer", "BuildReport", "trt_rtx_available", "build_with_trt_rtx",
-           "parse_layers", "conv_int8_table"]
+           "parse_layers", "conv_int8_table", "engine_judge"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class BuildReport:
     engine_bytes: int = 0
     seconds: float = 0.0
     log: list[str] = field(default_factory=list)
+    node_types: dict[str, str] = field(default_factory=dict)   # ONNX node -> op type
 
     @property
     def ok(self) -> bool:
@@ -97,6 +98,60 @@ class BuildReport:
     def int8_convolutions(self) -> int:
         """Convolution layers whose (first) input is Int8."""
         return sum(1 for layer in self.convolutions if layer.int8_input)
+
+    @property
+    def int8_layers(self) -> list[TrtLayer]:
+        """Convolution and GEMM layers whose (first) input is Int8."""
+        return [layer for layer in self.layers if layer.int8_input and (
+            layer.is_convolution or layer.layer_type.lower() in ("gemm", "matrixmultiply"))]
+
+    @property
+    def fp32_islands(self) -> list[TrtLayer]:
+        """Layers running Float in and Float out outside the Int8 convolutions/GEMMs: what a
+        strongly-typed build runs in FP32.  A layer made only of an Int8 layer's own ONNX nodes
+        (its split epilogue) and of Q/DQ/Cast nodes is not counted, nor one with no ONNX node
+        (:attr:`copy_layers`)."""
+        glue = {"QuantizeLinear", "DequantizeLinear", "Cast", "Identity"}
+        int8 = self.int8_layers
+        int8_nodes = {n for layer in int8 for n in layer.onnx_nodes}
+
+        def own(layer):
+            rest = {n for n in layer.onnx_nodes if self.node_types.get(n) not in glue}
+            return bool(layer.onnx_nodes) and rest <= int8_nodes
+        return [layer for layer in self.layers
+                if layer not in int8 and layer.onnx_nodes and "Float" in layer.input_types
+                and "Float" in layer.output_types and not own(layer)]
+
+    @property
+    def copy_layers(self) -> list[TrtLayer]:
+        """Kernels that carry no ONNX node (copies, reformats), shape calls excluded."""
+        return [layer for layer in self.layers if not layer.onnx_nodes
+                and (layer.input_types or layer.output_types)]
+
+    @property
+    def half_layers(self) -> list[TrtLayer]:
+        """Layers with a Half input or output."""
+        return [layer for layer in self.layers
+                if "Half" in layer.input_types or "Half" in layer.output_types]
+
+    def as_dict(self) -> dict:
+        """JSON-ready figures: acceptance, layer counts, Int8 convolutions, FP32 islands, Half
+        layers, and the ONNX nodes fused into each engine layer."""
+        return {"label": self.label, "accepted": self.ok, "parsed": self.parsed,
+                "built": self.built, "body_only": self.body_only,
+                "plugin_nodes": list(self.plugin_nodes),
+                "errors": (self.parse_errors + self.build_errors)[:5],
+                "layers": len(self.layers), "convolutions": len(self.convolutions),
+                "int8_convolutions": self.int8_convolutions,
+                "fp32_islands": [{"layer": x.name, "type": x.layer_type,
+                                  "onnx_nodes": x.onnx_nodes} for x in self.fp32_islands],
+                "half_layers": len(self.half_layers),
+                "copy_layers": len(self.copy_layers),
+                "layer_types": self.layer_types(),
+                "engine_layers": [{"layer": x.name, "type": x.layer_type,
+                                   "in": x.input_types, "out": x.output_types,
+                                   "onnx_nodes": x.onnx_nodes} for x in self.layers],
+                "note": "structure and acceptance only: not TensorRT 10, no latency"}
 
     def layer_types(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -117,7 +172,8 @@ class BuildReport:
         convs = self.convolutions
         return (f"{self.label}{scope}: built in {self.seconds:.1f}s, {len(self.layers)} layers, "
                 f"{self.int8_convolutions}/{len(convs)} convolutions take Int8, "
-                f"engine {self.engine_bytes / 1e6:.1f} MB")
+                f"{len(self.fp32_islands)} Float layers outside them, "
+                f"{len(self.half_layers)} Half layers, engine {self.engine_bytes / 1e6:.1f} MB")
 
 
 def trt_rtx_available() -> bool:
@@ -179,9 +235,16 @@ def parse_layers(message: str) -> list[TrtLayer]:
 
 # ---- building ---------------------------------------------------------------------------------
 
-def _model_bytes(model, build_body_only: bool) -> tuple[bytes, list[str]]:
+def _model_bytes(model, build_body_only: bool | None) -> tuple[bytes, list[str]]:
     import onnx
 
+    if build_body_only is None:          # auto: the body when the model has plugin nodes
+        from xtrt.model.split import find_plugin_nodes
+
+        proto = model if hasattr(model, "graph") else (
+            onnx.load_from_string(bytes(model)) if isinstance(model, (bytes, bytearray))
+            else __import__("xtrt.model.load", fromlist=["load_model"]).load_model(model))
+        return _model_bytes(proto, bool(find_plugin_nodes(proto)))
     if isinstance(model, (bytes, bytearray)):
         if not build_body_only:
             return bytes(model), []
@@ -225,13 +288,14 @@ def _profile_shapes(net, shapes: dict, max_batch: int, opt_batch: int):
     return out
 
 
-def build_with_trt_rtx(model, *, build_body_only: bool = False, max_batch: int = 4,
+def build_with_trt_rtx(model, *, build_body_only: bool | None = False, max_batch: int = 4,
                        opt_batch: int = 1, shapes: dict | None = None) -> BuildReport:
     """Parse and build ``model`` with the TensorRT-RTX builder for SM89 and describe the engine.
 
     Args:
         model: path, serialized bytes, or ``onnx.ModelProto``.
-        build_body_only: cut the graph before plugin nodes (EfficientNMS_TRT ...) and build the body.
+        build_body_only: cut the graph before plugin nodes (EfficientNMS_TRT ...) and build the
+            body; None: do so when the model has plugin nodes (the report says so).
         max_batch, opt_batch: optimization profile for a dynamic batch axis (min 1).
         shapes: explicit ``{input: (min, opt, max)}`` profiles for other dynamic inputs.
 
@@ -243,7 +307,10 @@ def build_with_trt_rtx(model, *, build_body_only: bool = False, max_batch: int =
     """
     trt = _import_trt()
     data, plugins = _model_bytes(model, build_body_only)
-    report = BuildReport(body_only=build_body_only, plugin_nodes=plugins)
+    report = BuildReport(body_only=bool(plugins) or bool(build_body_only), plugin_nodes=plugins)
+    import onnx
+
+    report.node_types = {n.name: n.op_type for n in onnx.load_from_string(data).graph.node}
 
     class _Logger(trt.ILogger):
         def __init__(self) -> None:
@@ -297,3 +364,13 @@ def conv_int8_table(report: BuildReport) -> Sequence[dict]:
     return [{"layer": c.name, "type": c.layer_type, "input": ",".join(c.input_types),
              "output": ",".join(c.output_types), "onnx_nodes": ", ".join(c.onnx_nodes)}
             for c in report.convolutions]
+
+
+def engine_judge(model, **kwargs) -> dict:
+    """The TensorRT-RTX build of ``model`` as a JSON-ready dict (:meth:`BuildReport.as_dict`), for
+    the quant report; plugin-terminated models are built by their body (``body_only`` says so).
+    ``{"label": LABEL, "available": False}`` when the builder is not installed."""
+    if not trt_rtx_available():
+        return {"label": LABEL, "available": False, "install": _PIP_HINT}
+    kwargs.setdefault("build_body_only", None)
+    return {"available": True, **build_with_trt_rtx(model, **kwargs).as_dict()}

@@ -109,9 +109,13 @@ def _check_against_13(node) -> None:
     try:
         schema = onnx.defs.get_schema(node.op_type, TARGET_OPSET, "")
     except Exception as exc:
+        from xtrt.model.lower import LOWERINGS
+
         raise ModelError(f"op {node.op_type} (node {node.name!r}) does not exist at opset 13, "
-                         "which PPQ 0.6.6 needs", "re-export the model at opset 13 "
-                         "(torch.onnx.export(..., opset_version=13, dynamo=False))") from exc
+                         "which PPQ 0.6.6 needs, and xtrt has no rule to rewrite it (it lowers "
+                         f"{', '.join(LOWERINGS)})", "re-export the model at opset 13 "
+                         "(torch.onnx.export(..., opset_version=13, dynamo=False)), or cut the "
+                         "model before that node") from exc
     allowed = set(schema.attributes)
     extra = [a.name for a in node.attribute if a.name not in allowed]
     if extra:

@@ -19,7 +19,11 @@ from typing import Sequence
 import numpy as np
 
 from xtrt.errors import ModelError
+from xtrt.model.batch import check_batch_runs, unbake_batch
+from xtrt.model.inputs import choose_image_input, other_inputs, random_feeds
 from xtrt.model.load import input_infos, output_names
+from xtrt.model.lower import explicit_conv_transpose_pads, lower_new_ops
+from xtrt.runtime.session import ort_message
 from xtrt.model.opset import TARGET_OPSET, convert_opset, model_opset
 
 __all__ = ["PreparedModel", "prepare_model", "resolve_input_shape"]
@@ -39,6 +43,8 @@ class PreparedModel:
     output_names: list[str]             # the source model's outputs, in order
     plugin_nodes: list[str] = field(default_factory=list)
     tail_nodes: list[str] = field(default_factory=list)
+    reference: object = None            # the source, batch fixes only: FP32 reference to judge by
+    other_inputs: dict = field(default_factory=dict)   # name -> (per-sample dims, dtype name)
     source_opset: int = 0
     nodes_before: int = 0
     nodes_after: int = 0
@@ -88,15 +94,54 @@ def _set_input_dims(model, name: str, shape: Sequence[int], batch_dim) -> None:
                     d.dim_value = int(shape[i])
 
 
-def _clear_output_shapes(model) -> None:
-    """Symbolic output dims derived from H/W would otherwise stay stale."""
+def _batch_dim(dim, input_name: str, steps: list[str]) -> str | int:
+    """The batch as the prepared model names it: a symbolic name stays; ``-1``, ``0`` or a
+    missing dim (what Paddle2ONNX and some TensorFlow exporters write for "any batch") become the
+    symbolic ``N``, so folding never bakes the calibration batch in; a positive size stays fixed."""
+    if isinstance(dim, str) and dim:
+        return dim
+    if isinstance(dim, int) and dim > 0:
+        return dim
+    steps.append(f"input {input_name}: batch {dim if dim is not None else '(missing)'} "
+                 "relabelled as symbolic N (dynamic batch)")
+    return "N"
+
+
+def _clear_output_shapes(model, batch_dim) -> None:
+    """Symbolic output dims derived from H/W would otherwise stay stale; a ``-1``/``0`` batch on
+    an output becomes the input's symbolic batch."""
     for o in model.graph.output:
         tt = o.type.tensor_type
         if tt.HasField("shape"):
             for i, d in enumerate(tt.shape.dim):
-                if i > 0 and d.HasField("dim_param"):
+                if i == 0 and isinstance(batch_dim, str) and not d.HasField("dim_param") \
+                        and d.dim_value <= 0:
+                    d.Clear()
+                    d.dim_param = batch_dim
+                elif i > 0 and (d.HasField("dim_param") or
+                                (d.HasField("dim_value") and d.dim_value <= 0)):
                     d.Clear()
     del model.graph.value_info[:]
+
+
+def _reference(source, input_name: str, shape: Sequence[int], batch_dim, steps: list[str],
+               others: dict):
+    """The source model as the FP32 reference: itself, or (dynamic batch) a copy whose batch is
+    the symbolic ``batch_dim`` and whose Reshape targets no longer bake a batch in, so that it
+    runs at the evaluation batch like the prepared model."""
+    import onnx
+
+    if not isinstance(batch_dim, str):
+        return source
+    ref = onnx.ModelProto()
+    ref.CopyFrom(source)
+    _set_input_dims(ref, input_name, shape, batch_dim)
+    for name, (dims, _) in others.items():
+        _set_input_dims(ref, name, [shape[0], *dims], batch_dim)
+    _clear_output_shapes(ref, batch_dim)
+    notes = unbake_batch(ref, batch_dim)
+    steps.extend(notes)
+    return ref if notes or ref.graph.input != source.graph.input else source
 
 
 def _split(model):
@@ -107,16 +152,14 @@ def _split(model):
     return split_mod.split_model(model)
 
 
-def _ort_check(original, prepared, input_name: str, shape: Sequence[int]) -> float:
+def _ort_check(original, prepared, feeds: dict[str, np.ndarray]) -> float:
     from xtrt.runtime.session import make_session
 
-    rng = np.random.default_rng(0)
-    x = rng.random(tuple(shape), dtype=np.float32)
     a = make_session(original, "cpu")
     b = make_session(prepared, "cpu")
     names = [o.name for o in b.get_outputs()]
-    ra = a.run(names, {input_name: x})
-    rb = b.run(names, {input_name: x})
+    ra = a.run(names, feeds)
+    rb = b.run(names, feeds)
     worst = 0.0
     for name, va, vb in zip(names, ra, rb):
         if va.shape != vb.shape:
@@ -143,31 +186,28 @@ def prepare_model(source, input_shape: Sequence[int] | None = None, input_name: 
     infos = input_infos(source)
     if not infos:
         raise ModelError("the model has no graph inputs", "re-export it with an input tensor")
-    if input_name is None:
-        if len(infos) > 1:
-            raise ModelError(f"the model has {len(infos)} inputs ({[i[0] for i in infos]}); xtrt "
-                             "calibrates single-input vision models", "set input.name")
-        input_name = infos[0][0]
+    input_name = choose_image_input(infos, input_name)
+    others = other_inputs(infos, input_name)
     match = [i for i in infos if i[0] == input_name]
-    if not match:
-        raise ModelError(f"the model has no input named {input_name!r}",
-                         f"use one of {[i[0] for i in infos]} for input.name")
     _, dims, _ = match[0]
     shape = resolve_input_shape(dims, input_shape, input_name)
-    batch_dim = dims[0] if isinstance(dims[0], str) else (
-        "batch" if dims[0] is None or dims[0] == 0 else int(dims[0]))
-
     steps: list[str] = []
-    plan = _split(source)
-    body_src = plan.body if plan is not None else source
+    batch_dim = _batch_dim(dims[0], input_name, steps)
+    reference = _reference(source, input_name, shape, batch_dim, steps, others)
+    plan = _split(reference)
+    body_src = plan.body if plan is not None else reference
     if plan is not None:
         steps.append(f"cut plugin tail ({', '.join(n.op_type for n in plan.tail_nodes)})")
     work = onnx.ModelProto()
     work.CopyFrom(body_src)
     _set_input_dims(work, input_name, shape, batch_dim)
-    _clear_output_shapes(work)
-    steps.append(f"input {input_name} fixed to {['N' if isinstance(batch_dim, str) else shape[0]] + shape[1:]}")
+    for name, (dims, _) in others.items():
+        _set_input_dims(work, name, [shape[0], *dims], batch_dim)
+    _clear_output_shapes(work, batch_dim)
+    steps.append(f"input {input_name} fixed to {[batch_dim if isinstance(batch_dim, str) else shape[0]] + shape[1:]}")
     n_before = len(source.graph.node)
+    work, notes = lower_new_ops(work, model_opset(work))
+    steps.extend(notes)
     try:
         slim = onnxslim.slim(work, model_check=False)
     except Exception as exc:
@@ -177,22 +217,28 @@ def prepare_model(source, input_shape: Sequence[int] | None = None, input_name: 
         raise ModelError("constant folding (onnxslim) returned no model", "re-export the model")
     steps.append(f"folded constants/shapes with onnxslim ({len(work.graph.node)} -> "
                  f"{len(slim.graph.node)} nodes)")
+    if isinstance(batch_dim, str):
+        steps.extend(unbake_batch(slim, batch_dim))
     src_opset = model_opset(source)
     body = convert_opset(slim, TARGET_OPSET)
     if src_opset != TARGET_OPSET:
         steps.append(f"opset {src_opset} -> {TARGET_OPSET}")
+    steps.extend(explicit_conv_transpose_pads(body))
     try:
         onnx.checker.check_model(body)
     except Exception as exc:
-        raise ModelError(f"the prepared model fails onnx.checker: {str(exc).splitlines()[0][:160]}",
+        raise ModelError(f"the prepared model fails onnx.checker: {ort_message(exc)}",
                          "re-export the model at opset 13") from exc
     diff = None
     if check:
         ref = onnx.ModelProto()
         ref.CopyFrom(body_src)
         check_shape = list(shape)
-        diff = _ort_check(ref, body, input_name, check_shape)
+        diff = _ort_check(ref, body, random_feeds(input_name, check_shape, others))
         steps.append(f"ORT check vs original: max abs diff {diff:.3g}")
+        if isinstance(batch_dim, str):
+            other = check_batch_runs(body, input_name, shape, others)
+            steps.append(f"runs at batch {other} too (batch {batch_dim} stays dynamic)")
 
     full = body
     tail_names: list[str] = []
@@ -217,5 +263,5 @@ def prepare_model(source, input_shape: Sequence[int] | None = None, input_name: 
     return PreparedModel(model=full, body=body, input_name=input_name, input_shape=shape,
                          batch_dim=batch_dim, output_names=output_names(source),
                          plugin_nodes=plugin_names, tail_nodes=tail_names,
-                         source_opset=src_opset, nodes_before=n_before,
+                         reference=reference, other_inputs=others, source_opset=src_opset, nodes_before=n_before,
                          nodes_after=len(full.graph.node), max_abs_diff=diff, steps=steps)

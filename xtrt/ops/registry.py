@@ -193,12 +193,15 @@ class OpRegistry:
                     raise
             else:
                 mod_name = importlib.import_module(spec_str).__name__
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             for name in set(self._handlers) - before:
                 del self._handlers[name]
             what = f"plugin file '{spec_str}'" if is_file else f"plugin module '{spec_str}'"
             if isinstance(exc, XtrtError):
                 raise XtrtError(f"{what}: {exc.message}", exc.hint) from exc
+            if isinstance(exc, SystemExit):
+                raise XtrtError(f"{what} called sys.exit({exc.code!r}) while loading",
+                                "remove the sys.exit call from that file") from None
             raise XtrtError(f"could not load {what}: {type(exc).__name__}: {exc}",
                             "fix the error in that file (run with -v for the traceback)") from exc
         self._loaded[key] = mod_name

@@ -1,6 +1,6 @@
 """``profile_model``: profile a model's whole pipeline and write the run folder.
 
-Run folder (written under a temporary name, renamed when complete)::
+Run folder (staged and swapped in whole by :class:`xtrt.outdir.OutputDir`)::
 
     OUT/profile.json        versioned results (SCHEMA_VERSION)
     OUT/sweep.png           throughput and latency vs batch size
@@ -17,13 +17,15 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from xtrt.errors import DataError, OutputError, XtrtError
+from xtrt.errors import DataError, XtrtError
+from xtrt.outdir import OutputDir
 from xtrt.profile.sweep import ModelProfile, profile_batches
 from xtrt.profile.verdict import Verdict
 
@@ -32,6 +34,10 @@ __all__ = ["ProfileOptions", "ProfileResult", "profile_model", "SCHEMA_VERSION"]
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+
+#: what a run folder holds; a folder an older xtrt (without a manifest) wrote may hold these
+PROFILE_OUTPUTS = ("profile.json", "sweep.png", "stages.png", "trace.json", "tb", "ort",
+                   "README.md")
 
 
 @dataclass
@@ -173,13 +179,23 @@ def _out_dir(opts: ProfileOptions) -> Path:
 
 def profile_model(opts: ProfileOptions) -> ProfileResult:
     """Profile ``opts.model`` (and ``opts.compare``) over ``opts.batches``; write the run folder."""
-    from xtrt.data.images import IMAGE_SUFFIXES, list_files
-    from xtrt.profile.stages import check_images
-
     t0 = time.perf_counter()
     if opts.steps < 1 or opts.warmup < 0:
         raise XtrtError(f"--steps must be >= 1 (got {opts.steps})", "use e.g. --steps 20")
+    if not opts.write:
+        with tempfile.TemporaryDirectory(prefix="xtrt-profile-") as tmp:
+            return _profile(opts, Path(tmp), None, t0)
+    # the run folder is checked, locked and staged before any work (xtrt.outdir)
+    with OutputDir(_out_dir(opts), "xtrt.profile", adopt=PROFILE_OUTPUTS, option="--out") as od:
+        result = _profile(opts, od.staging, od.path, t0)
+        od.commit()
+    return result
+
+
+def _profile(opts: ProfileOptions, work: Path, out: Path | None, t0: float) -> ProfileResult:
+    from xtrt.data.images import IMAGE_SUFFIXES, list_files
     from xtrt.model.load import load_model
+    from xtrt.profile.stages import check_images
 
     load_model(opts.model)  # a missing/corrupt model fails before anything else
     if opts.compare is not None:
@@ -213,54 +229,27 @@ def profile_model(opts: ProfileOptions) -> ProfileResult:
     else:
         notes.append("no --images: synthetic random tensors of the model's input shape; "
                      "decode and preprocess are not measured")
-    out = _out_dir(opts)
-    work = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    created = [d for d in work.parents if not d.exists()]  # removed again if the run fails
-    try:
-        if work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True)
-    except OSError as exc:
-        raise OutputError(f"cannot write to {str(out.parent)!r}: {exc.strerror or exc}",
-                          "choose a writable --out folder") from exc
-    try:
-        name_a, name_b = _run_names(Path(opts.model), opts.compare)
-        batches = opts.batches
-        if batches is None:
-            from xtrt.profile.inputs import plan_input
+    name_a, name_b = _run_names(Path(opts.model), opts.compare)
+    batches = opts.batches
+    if batches is None:
+        from xtrt.profile.inputs import plan_input
 
-            m = load_model(opts.model)
-            bd = plan_input(m, imgsz=opts.imgsz, name=cfg.input.name if cfg else None,
-                            shape=cfg.input.shape if cfg else None,
-                            preprocess_size=(cfg.preprocess.size or cfg.preprocess.crop)
-                            if cfg else None).batch_dim
-            batches = [bd] if isinstance(bd, int) and bd > 0 else [1, 8]
-        models = [_profile_one(Path(opts.model), name_a, opts, cfg, files, device, batches, work,
-                               notes, inputs)]
-        if opts.compare is not None:
-            models.append(_profile_one(Path(opts.compare), name_b, opts, cfg, files, device,
-                                       batches, work, notes, inputs))
-        head = max(models[0].batches, key=lambda r: r.batch)
-        result = ProfileResult(out if opts.write else None, models, head.verdict, inputs, notes,
-                               time.perf_counter() - t0)
-        if opts.write:
-            _write_outputs(result, opts, work, head)
-            if out.exists():
-                old = out.parent / f".{out.name}.old-{os.getpid()}"
-                os.replace(out, old)
-                shutil.rmtree(old, ignore_errors=True)
-            os.replace(work, out)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-        return result
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        for d in created:  # innermost first
-            try:
-                d.rmdir()
-            except OSError:
-                break
-        raise
+        m = load_model(opts.model)
+        bd = plan_input(m, imgsz=opts.imgsz, name=cfg.input.name if cfg else None,
+                        shape=cfg.input.shape if cfg else None,
+                        preprocess_size=(cfg.preprocess.size or cfg.preprocess.crop)
+                        if cfg else None).batch_dim
+        batches = [bd] if isinstance(bd, int) and bd > 0 else [1, 8]
+    models = [_profile_one(Path(opts.model), name_a, opts, cfg, files, device, batches, work,
+                           notes, inputs)]
+    if opts.compare is not None:
+        models.append(_profile_one(Path(opts.compare), name_b, opts, cfg, files, device,
+                                   batches, work, notes, inputs))
+    head = max(models[0].batches, key=lambda r: r.batch)
+    result = ProfileResult(out, models, head.verdict, inputs, notes, time.perf_counter() - t0)
+    if out is not None:
+        _write_outputs(result, opts, work, head)
+    return result
 
 
 def _write_outputs(result: ProfileResult, opts: ProfileOptions, work: Path, head) -> None:
@@ -274,7 +263,5 @@ def _write_outputs(result: ProfileResult, opts: ProfileOptions, work: Path, head
     if head.trace:
         shutil.copyfile(work / head.trace, work / "trace.json")
     data = result.to_json(opts)
-    tmp = work / ".profile.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, work / "profile.json")
+    (work / "profile.json").write_text(json.dumps(data, indent=2))
     (work / "README.md").write_text(run_readme(result, head))

@@ -111,14 +111,10 @@ def choose_preprocess(cfg_pre, plugin: str | None, plan: InputPlan, base_dir: st
     from xtrt.data.preprocess import build_preprocess
 
     note = None
-    if plugin:
-        pre = PreprocessConfig(preset="plugin", plugin=plugin)
-    elif cfg_pre is not None:
+    if plugin:  # --preprocess-plugin: a CLI path, relative to the working directory
+        pre, base_dir = PreprocessConfig(preset="plugin", plugin=plugin), None
+    elif cfg_pre is not None:  # preprocess.plugin: relative to the config file, as in xtrt.quant
         pre = cfg_pre
-        if pre.preset == "plugin" and base_dir and pre.plugin and ".py:" in pre.plugin:
-            file, func = pre.plugin.rsplit(":", 1)
-            if not Path(file).is_absolute():
-                pre.plugin = f"{Path(base_dir) / file}:{func}"
     else:
         if plan.hw is None:
             raise DataError(f"images cannot feed input {plan.name!r} of shape {list(plan.sample_shape)}",
@@ -127,4 +123,4 @@ def choose_preprocess(cfg_pre, plugin: str | None, plan: InputPlan, base_dir: st
         note = (f"no --config: letterbox to {plan.hw[0]}x{plan.hw[1]}, RGB, /255 (YOLO style); "
                 "give --config (preprocess:) or --preprocess-plugin for other preprocessing")
     desc = pre.preset if pre.preset != "plugin" else f"plugin {pre.plugin}"
-    return build_preprocess(pre, plan.hw), desc, note
+    return build_preprocess(pre, plan.hw, base_dir=base_dir), desc, note

@@ -111,10 +111,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif task.get("kind") == "detection" and task.get("map50_95") is not None:
         metric = f", mAP50-95 vs FP32 {task['map50_95']:.3f} ({task['reference_boxes']} boxes)"
     worst = r["summary"].get("worst_layer")
+    eng = r.get("engine") or {}
+    if eng.get("available") and not args.quiet:
+        print(_engine_line(eng))
     print(f"PASSED xtrt.quant in {time.perf_counter() - t0:.1f}s: {files}; "
           f"{r['summary']['int8_ops']} ops INT8{metric}, judged on {r['summary']['judged_on']}; "
           f"worst layer {worst}")
     return 0
+
+
+def _engine_line(eng: dict) -> str:
+    scope = " (body before the plugin nodes)" if eng.get("body_only") else ""
+    if not eng.get("accepted"):
+        err = (eng.get("errors") or ["no engine"])[0]
+        return f"{eng.get('label', 'TensorRT-RTX')}{scope}: NOT accepted: {err}"
+    return (f"{eng['label']}{scope}: {eng['int8_convolutions']}/{eng['convolutions']} "
+            f"convolutions take Int8, {len(eng['fp32_islands'])} Float layers outside them, "
+            f"{eng['half_layers']} Half layers ({eng['layers']} engine layers; structure only, "
+            f"not TensorRT 10, no latency)")
 
 
 def entry() -> None:

@@ -7,31 +7,9 @@ from dataclasses import dataclass
 
 from xtrt.quant.verify import EvalData, Evaluation, evaluate
 
-__all__ = ["Evaluator", "build_evaluator", "task_and_layout"]
+__all__ = ["Evaluator", "build_evaluator"]
 
 log = logging.getLogger(__name__)
-
-
-def task_and_layout(cfg, shapes) -> tuple[str, str | None]:
-    """The evaluation task (``evaluation.task``, or read from the output shapes) and the
-    detection layout."""
-    from xtrt.analysis.decode import detect_layout
-    from xtrt.errors import DataError
-
-    layout = detect_layout(shapes)
-    task = cfg.evaluation.task
-    if task == "auto":
-        if layout is not None:
-            task = "detection"
-        elif len(shapes) == 1 and len(shapes[0]) == 2:
-            task = "classification"
-        else:
-            task = "generic"
-    if task == "detection" and layout is None:
-        raise DataError("evaluation.task is detection but the model's outputs are neither an NMS "
-                        "plugin tail nor a YOLO head [N, 4+C, anchors]",
-                        "set evaluation.task: generic (SQNR only)")
-    return task, layout
 
 
 @dataclass
@@ -47,7 +25,10 @@ class Evaluator:
     def evaluate_model(self, model) -> Evaluation:
         from xtrt.runtime.split import SplitRunner
 
-        runner = SplitRunner(model, device=self.device)
+        # basic: ORT's extended level fuses Q/DQ into its own int8 kernels (QLinearConv), whose
+        # u8s8 AVX2 path saturates (EfficientNet-Lite0 on a non-VNNI CPU: 3.8 dB instead of the
+        # 24.3 dB of the Q/DQ semantics that TensorRT executes)
+        runner = SplitRunner(model, device=self.device, optimization="basic")
         return evaluate(runner.run, self.data, rtol=self.rtol, atol=self.atol)
 
     def evaluate_fn(self, run_fn) -> Evaluation:
@@ -59,14 +40,18 @@ class Evaluator:
 
 def build_evaluator(job, prepared, source, *, kind: str | None = None) -> Evaluator:
     """Run the source model once over ``source`` (held-out batches) and keep its outputs."""
+    from xtrt.analysis.task import infer_task
     from xtrt.data.store import BatchStore
     from xtrt.model.load import dims_of, load_model
     from xtrt.quant.verify import prepare_eval
     from xtrt.runtime.split import SplitRunner
 
     cfg = job.cfg
-    task, layout = task_and_layout(cfg, [dims_of(o) for o in prepared.model.graph.output])
-    ref_runner = SplitRunner(load_model(job.model_path), device=cfg.device)
+    task, layout = infer_task([dims_of(o) for o in prepared.model.graph.output],
+                              cfg.evaluation.task, prepared.input_shape[2:4])
+    reference = prepared.reference if prepared.reference is not None else \
+        load_model(job.model_path)   # the source with batch fixes only (xtrt.model.prepare)
+    ref_runner = SplitRunner(reference, device=cfg.device)
     store = BatchStore(spill_dir=job.stage / ".cache")
     ed = prepare_eval(ref_runner, source, task, layout,
                       annotations=str(cfg.path(cfg.evaluation.annotations))

@@ -19,147 +19,152 @@ from typing import Iterable
 import numpy as np
 
 from xtrt.errors import QuantizationError
+from xtrt.trt.rules import QMAX, weight_axis, weight_scale
 
-__all__ = ["QUANT_CFG_SCHEMA_VERSION", "TRT_CACHE_VERSION", "export_qdq", "tensor_scales",
+__all__ = ["QUANT_CFG_SCHEMA_VERSION", "TRT_CACHE_VERSION", "export_qdq", "tensor_scales", "plan_for",
            "calibration_cache_text", "parse_calibration_cache", "dynamic_ranges", "quant_cfg"]
 
 log = logging.getLogger(__name__)
 
 QUANT_CFG_SCHEMA_VERSION = 1
 TRT_CACHE_VERSION = "8601"  # the header number TensorRT 8.6 writes; the line format is unchanged in 10.x
-QMAX = 127.0
+def plan_for(model, placement):
+    """The tensor-level plan of ``placement`` on ``model`` (rebuilt: placement lists change after
+    calibration and in fallback trials); also stored as ``placement.tensors``."""
+    from xtrt.quant.tensor_plan import build_tensor_plan
 
-
-def _output_channel_axis(node, weight_rank: int) -> int:
-    from onnx import helper
-
-    if node.op_type == "ConvTranspose":
-        return 1
-    if node.op_type == "Gemm":
-        trans_b = next((helper.get_attribute_value(a) for a in node.attribute
-                        if a.name == "transB"), 0)
-        return 0 if trans_b else 1
-    if node.op_type == "MatMul":
-        return weight_rank - 1
-    return 0
-
-
-def _weight_scale(w: np.ndarray, axis: int) -> np.ndarray:
-    red = tuple(i for i in range(w.ndim) if i != axis)
-    amax = np.abs(w).max(axis=red) if red else np.abs(w)
-    return np.maximum(amax / QMAX, 1e-12).astype(np.float32)
+    plan = build_tensor_plan(model, placement)
+    placement.tensors = plan
+    return plan
 
 
 def tensor_scales(model, cal, placement) -> dict[str, float]:
-    """Activation tensor name -> scale, for the placed nodes (what the side files describe)."""
-    by_name = {n.name: n for n in model.graph.node}
-    out: dict[str, float] = {}
-    for node_name in placement.quantize:
-        node = by_name.get(node_name)
-        if node is None:
+    """Activation tensor -> scale of every tensor the export reads through Q/DQ (the group's
+    shared scale; what the side files describe)."""
+    from xtrt.quant.tensor_plan import group_scales
+
+    return group_scales(plan_for(model, placement), cal.act_scales)
+
+
+def _weight_dq(t: str, w: np.ndarray, axis, got, helper, numpy_helper):
+    """INT8 initializer, scale, zero point and the DequantizeLinear node of weight ``t``."""
+    scale = got[0] if got is not None and axis is not None and got[1] == axis and \
+        got[0].size == w.shape[axis] else weight_scale(w, axis)
+    shape = [1] * w.ndim
+    if axis is not None:
+        shape[axis] = -1
+    # int8 storage range; max|w|/127 never rounds past 127, AdaRound may round one step down to -128
+    q = np.clip(np.rint(w / scale.reshape(shape)), -QMAX - 1, QMAX).astype(np.int8)
+    qname, sname, zname = f"{t}_int8", f"{t}_scale", f"{t}_zero_point"
+    inits = [numpy_helper.from_array(q, qname),
+             numpy_helper.from_array(scale.astype(np.float32), sname),
+             numpy_helper.from_array(np.zeros(scale.shape, np.int8), zname)]
+    kw = {"axis": axis} if axis is not None else {}
+    node = helper.make_node("DequantizeLinear", [qname, sname, zname], [f"{t}_dequantized"],
+                            name=f"{t}_DequantizeLinear", **kw)
+    return inits, node
+
+
+def _corrected_biases(g, inits: dict, cal, place: set, numpy_helper) -> list:
+    """Biases (input 2 of placed nodes) that a pass (bias correction, LSQ) moved: a new float
+    initializer ``<bias>_corrected`` each, the node rewired to it; biases stay float."""
+    biases = getattr(cal, "biases", None) or {}
+    bias_for: dict[str, str] = {}
+    out = []
+    for node in g.node:
+        if node.name not in place or len(node.input) < 3 or node.input[2] not in inits:
             continue
-        for i, t in enumerate(node.input):
-            s = cal.act_scales.get((node_name, i))
-            if s is not None and t:
-                out.setdefault(t, float(s))
+        t = node.input[2]
+        b = biases.get(t)
+        if b is not None and t not in bias_for:
+            old = numpy_helper.to_array(inits[t])
+            bias_for[t] = t
+            if old.shape == b.shape and not np.array_equal(old, b):
+                bias_for[t] = f"{t}_corrected"
+                out.append(numpy_helper.from_array(b.astype(old.dtype), bias_for[t]))
+        if t in bias_for:
+            node.input[2] = bias_for[t]
     return out
 
 
-def export_qdq(model, cal, placement):
-    """Return a copy of the prepared ``model`` with Q/DQ written per ``placement``.
+def _missing_scale_error(missing: list[tuple[str, str, str]]) -> QuantizationError:
+    """One line for placed inputs without a calibrated scale: names every node (name and op
+    type) up to three, why, and the config line that keeps them float."""
+    nodes = list(dict.fromkeys((n, op) for n, op, _ in missing))
+    name, op, tensor = missing[0]
+    shown = ", ".join(f"{n!r} ({o})" for n, o in nodes[:3]) + \
+        (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+    return QuantizationError(
+        f"cannot quantize node {shown}: calibration gave no scale for {len(missing)} placed "
+        f"input(s), e.g. tensor {tensor!r} of node {name!r} ({op})",
+        f"keep it float with quantization.exclude_nodes: [{', '.join(n for n, _ in nodes)}] in "
+        "the config, and report the model to xtrt")
+
+
+def export_qdq(model, cal, placement, *, only_placed: bool = False):
+    """Return a copy of the prepared ``model`` with Q/DQ written per ``placement``'s tensor plan
+    (:mod:`xtrt.quant.tensor_plan`): one Q/DQ pair per site tensor at its group's shared scale,
+    INT8 weights with per-output-channel DequantizeLinear, float biases.
+
+    ``only_placed``: rewire only the inputs of ``placement.quantize`` nodes (the layer-wise
+    analysis switches exactly those), not the Concat/commuting/residual sites.
 
     Raises QuantizationError if a placed node has no calibrated scale for its activation input.
     """
     import onnx
     from onnx import helper, numpy_helper
 
+    from xtrt.quant.tensor_plan import group_scales
+
+    plan = plan_for(model, placement)
+    scales = group_scales(plan, cal.act_scales)
+    place = set(placement.quantize)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
     inits = {i.name: i for i in g.initializer}
-    place = set(placement.quantize)
+    by_name = {n.name: n for n in g.node}
     new_inits: list = []
-    qdq_for_tensor: dict[tuple[str, float], str] = {}
-    dq_for_weight: dict[str, str] = {}
-    bias_for: dict[str, str] = {}      # bias initializer -> the name the export uses
     pending: dict[str, list] = defaultdict(list)   # consumer node name -> Q/DQ nodes to emit first
-    missing = []
-
-    def scalar(name, value, dtype):
-        new_inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
-        return name
-
-    for node in g.node:
-        if node.name not in place:
-            continue
-        for i, t in enumerate(list(node.input)):
-            if not t:
-                continue
-            if t in inits and (node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")) and i == 1:
-                if t not in dq_for_weight:
-                    w = cal.weights.get(t)
-                    if w is None:
-                        w = numpy_helper.to_array(inits[t]).astype(np.float32)
-                    axis = _output_channel_axis(node, w.ndim)
-                    got = cal.weight_scales.get((node.name, i))
-                    scale = got[0] if got is not None and got[1] == axis and \
-                        got[0].size == w.shape[axis] else _weight_scale(w, axis)
-                    shape = [1] * w.ndim
-                    shape[axis] = -1
-                    q = np.clip(np.rint(w / scale.reshape(shape)), -128, 127).astype(np.int8)
-                    qname, sname, zname = f"{t}_int8", f"{t}_scale", f"{t}_zero_point"
-                    new_inits.append(numpy_helper.from_array(q, qname))
-                    new_inits.append(numpy_helper.from_array(scale.astype(np.float32), sname))
-                    new_inits.append(numpy_helper.from_array(np.zeros(scale.size, np.int8), zname))
-                    dq_out = f"{t}_dequantized"
-                    pending[node.name].append(helper.make_node(
-                        "DequantizeLinear", [qname, sname, zname], [dq_out],
-                        name=f"{t}_DequantizeLinear", axis=axis))
-                    dq_for_weight[t] = dq_out
-                node.input[i] = dq_for_weight[t]
-                continue
-            if t in inits:  # biases and other constants stay float
-                b = getattr(cal, "biases", {}).get(t) if i == 2 else None
-                if b is not None and t not in bias_for:   # a pass (bias correction, LSQ) moved it
-                    old = numpy_helper.to_array(inits[t])
-                    bias_for[t] = t
-                    if old.shape == b.shape and not np.array_equal(old, b):
-                        bias_for[t] = f"{t}_corrected"
-                        new_inits.append(numpy_helper.from_array(b.astype(old.dtype), bias_for[t]))
-                if t in bias_for:
-                    node.input[i] = bias_for[t]
-                continue
-            s = cal.act_scales.get((node.name, i))
-            if s is None:
-                missing.append(f"{node.name}:{i}")
-                continue
-            key = (t, float(s))
-            if key not in qdq_for_tensor:
-                k = sum(1 for kk in qdq_for_tensor if kk[0] == t)
-                suffix = f"_{k}" if k else ""
-                sname = scalar(f"{t}_act_scale{suffix}", s, np.float32)
-                zname = scalar(f"{t}_act_zero_point{suffix}", 0, np.int8)
-                qn = helper.make_node("QuantizeLinear", [t, sname, zname], [f"{t}_quantized{suffix}"],
-                                      name=f"{t}_QuantizeLinear{suffix}")
-                dqn = helper.make_node("DequantizeLinear", [f"{t}_quantized{suffix}", sname, zname],
-                                       [f"{t}_dequantized{suffix}"],
-                                       name=f"{t}_DequantizeLinear{suffix}")
-                pending[node.name].extend([qn, dqn])
-                qdq_for_tensor[key] = f"{t}_dequantized{suffix}"
-            node.input[i] = qdq_for_tensor[key]
+    missing = [(n, by_name[n].op_type, t) for t, rs in plan.sites.items() if t not in scales
+               for n, i in rs if n in place]
     if missing:
-        raise QuantizationError(f"no calibrated scale for {len(missing)} placed input(s), e.g. "
-                                f"{missing[0]}", "exclude that node (quantization.exclude_nodes) "
-                                "or report the model to xtrt")
+        raise _missing_scale_error(missing)
+    for t, spec in plan.weights.items():
+        w = cal.weights.get(t)
+        if w is None:
+            w = numpy_helper.to_array(inits[t]).astype(np.float32)
+        w_inits, dq = _weight_dq(t, w, spec.axis, cal.weight_scales.get((spec.node, spec.index)),
+                                 helper, numpy_helper)
+        new_inits += w_inits
+        readers = [(n.name, i) for n in g.node for i, x in enumerate(n.input) if x == t
+                   and n.name in place]
+        pending[readers[0][0]].append(dq)
+        for n, i in readers:
+            by_name[n].input[i] = dq.output[0]
+    new_inits += _corrected_biases(g, inits, cal, place, numpy_helper)
+    for t, readers in plan.sites.items():
+        readers = [r for r in readers if r[0] in place] if only_placed else readers
+        if not readers or t not in scales:
+            continue
+        sname, zname = f"{t}_act_scale", f"{t}_act_zero_point"
+        new_inits += [numpy_helper.from_array(np.asarray(scales[t], np.float32), sname),
+                      numpy_helper.from_array(np.asarray(0, np.int8), zname)]
+        qn = helper.make_node("QuantizeLinear", [t, sname, zname], [f"{t}_quantized"],
+                              name=f"{t}_QuantizeLinear")
+        dqn = helper.make_node("DequantizeLinear", [f"{t}_quantized", sname, zname],
+                               [f"{t}_dequantized"], name=f"{t}_DequantizeLinear")
+        pending[readers[0][0]].extend([qn, dqn])
+        for n, i in readers:
+            by_name[n].input[i] = dqn.output[0]
     nodes = []
     for node in g.node:
         nodes.extend(pending.get(node.name, []))
         nodes.append(node)
     del g.node[:]
     g.node.extend(nodes)
-    used_weights = set(dq_for_weight)
     still_used = {i for n in g.node for i in n.input}
-    keep = [i for i in g.initializer if not (i.name in used_weights and i.name not in still_used)]
+    keep = [i for i in g.initializer if not (i.name in plan.weights and i.name not in still_used)]
     del g.initializer[:]
     g.initializer.extend(keep + new_inits)
     del g.value_info[:]
@@ -208,5 +213,10 @@ def quant_cfg(scales: dict[str, float], placement, cal, *, config: dict, version
         "weights": {f"{node}:{i}": {"channels": int(v[0].size), "axis": int(v[1]),
                                     "scale_min": float(v[0].min()), "scale_max": float(v[0].max())}
                     for (node, i), v in cal.weight_scales.items() if node in set(placement.quantize)},
+        # the tensor-level plan: scale groups (shared scale = max of the members' amax), weight
+        # axes as exported, precision per node with the reason
+        "tensor_plan": placement.tensors.as_dict(scales) if placement.tensors is not None else None,
+        "side_files": "dynamic_range.json and calibration.cache serve TensorRT <= 10 (implicit "
+                      "quantization); TensorRT 11 and TensorRT-RTX read only quantized.onnx",
         "config": config,
     }

@@ -123,7 +123,7 @@ def _split_files(cfg: Config) -> tuple[list[Path], list[Path]]:
         raise DataError("config has no calibration.data", "set calibration.data: path/to/images")
     files = list_files(str(cfg.path(cfg.calibration.data)))
     n_cal = cfg.calibration.steps * cfg.calibration.batch_size
-    cal, rest = split_files(files, n_cal, None, seed=cfg.calibration.seed,
+    cal, rest = split_files(files, n_cal, None, seed=cfg.calibration.seed or 0,
                             shuffle=cfg.calibration.shuffle)
     if cfg.evaluation.data:
         ev_all = list_files(str(cfg.path(cfg.evaluation.data)))

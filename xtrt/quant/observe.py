@@ -21,7 +21,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["FAST_METHODS", "PERCENTILE", "collect_ranges", "collect_statistics", "batch_range"]
+__all__ = ["FAST_METHODS", "PERCENTILE", "collect_ranges", "collect_statistics", "batch_range",
+           "OutputBuffers"]
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,7 @@ class _StatsRunner:
         self.sess, self.names = _stats_session(model, tensors, device)
         self.cuda = device == "cuda"
         self.torch = self.cuda if torch_reduce is None else bool(torch_reduce)  # tests: torch on CPU
-        self._key = None
-        self._buffers: list = []
+        self._buffers = OutputBuffers(self._output_specs, self._allocate)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list:
         if not self.cuda:
@@ -100,21 +100,47 @@ class _StatsRunner:
             return [torch.from_numpy(o) for o in outs]
         import torch
 
-        key = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in feeds.items())
-        if key != self._key:                 # first batch of this shape: learn the output shapes
-            host = self.sess.run(self.names, feeds)
-            self._buffers = [torch.from_numpy(np.ascontiguousarray(h)).to("cuda") for h in host]
-            self._dtypes = [h.dtype for h in host]
-            self._key = key
-            return self._buffers
+        buffers = self._buffers.get(feeds)
         binding = self.sess.io_binding()
         for n, a in feeds.items():
             binding.bind_cpu_input(n, np.ascontiguousarray(a))
-        for n, b, dt in zip(self.names, self._buffers, self._dtypes):
-            binding.bind_output(n, "cuda", 0, dt.type, tuple(b.shape), b.data_ptr())
-        self.sess.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-        return self._buffers
+        bound = 0
+        for n, b in zip(self.names, buffers):
+            if n in feeds:    # a graph input: ORT leaves a buffer bound to it unwritten (seen on
+                b.copy_(torch.from_numpy(np.ascontiguousarray(feeds[n])))   # an H200): copy it
+            else:
+                binding.bind_output(n, "cuda", 0, _np_dtype(b).type, tuple(b.shape), b.data_ptr())
+                bound += 1
+        if bound:
+            self.sess.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+        return buffers
+
+    def _output_specs(self, feeds: dict[str, np.ndarray]) -> list[tuple[tuple[int, ...], np.dtype]]:
+        """(shape, dtype) of every output for ``feeds``: one run with the outputs left on the
+        device (no host round trip of every activation, which cost seconds a method at batch 32)."""
+        from onnx.helper import tensor_dtype_to_np_dtype
+
+        outs = [n for n in self.names if n not in feeds]
+        specs = {n: (tuple(a.shape), np.dtype(a.dtype)) for n, a in feeds.items()}
+        if outs:
+            binding = self.sess.io_binding()
+            for n, a in feeds.items():
+                binding.bind_cpu_input(n, np.ascontiguousarray(a))
+            for n in outs:
+                binding.bind_output(n, "cuda", 0)
+            self.sess.run_with_iobinding(binding)
+            for n, v in zip(outs, binding.get_outputs()):
+                specs[n] = (tuple(v.shape()), np.dtype(tensor_dtype_to_np_dtype(v.element_type())))
+            binding.clear_binding_outputs()
+        return [specs[n] for n in self.names]
+
+    @staticmethod
+    def _allocate(specs):
+        import torch
+
+        return [torch.empty(shape, dtype=torch.from_numpy(np.zeros(0, dt)).dtype, device="cuda")
+                for shape, dt in specs]
 
     def batch_range(self, v, method: str) -> tuple[float, float]:
         if not self.torch:
@@ -149,6 +175,38 @@ class _StatsRunner:
         # exact integer counts (torch.histc counts in float32 and stalls above 2**24 per bin)
         idx = torch.clamp((a * (bins / top)).long(), max=bins - 1)
         return torch.bincount(idx, minlength=bins).cpu().numpy().astype(np.int64)
+
+
+def _np_dtype(t) -> np.dtype:
+    """The numpy dtype of a torch tensor."""
+    import torch
+
+    return np.dtype(torch.empty(0, dtype=t.dtype).numpy().dtype)
+
+
+class OutputBuffers:
+    """Output buffers of a statistics session, one set per input shape, made once.
+
+    ``specs(feeds)`` gives each output's (shape, dtype) for those feeds and ``allocate(specs)``
+    the buffers.  A short last batch gets its own set, kept beside the full-batch one, so the
+    next pass (which starts with a full batch again) neither learns the shapes again nor
+    reallocates; at most ``keep`` shapes are held (the oldest dropped first).
+    """
+
+    def __init__(self, specs: Callable, allocate: Callable, keep: int = 2):
+        self._specs, self._allocate, self.keep = specs, allocate, keep
+        self._sets: dict[tuple, list] = {}
+        self.made = 0                       # sets allocated (what the tests count)
+
+    def get(self, feeds: dict[str, np.ndarray]) -> list:
+        key = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in feeds.items())
+        found = self._sets.get(key)
+        if found is None:
+            while len(self._sets) >= self.keep:
+                self._sets.pop(next(iter(self._sets)))
+            found = self._sets[key] = self._allocate(self._specs(feeds))
+            self.made += 1
+        return found
 
 
 def _stats_session(model, tensors: Sequence[str], device: str):

@@ -1,23 +1,23 @@
 """Write a quantization run's outputs: the model and side files, report.json / report.md, plots,
 TensorBoard scalars.  It renders the :class:`~xtrt.quant.result.RunRecord` it is given and
-computes nothing.  Everything goes into a staging folder inside ``output_dir`` and is moved into
-place only when all of it was written.
+computes nothing.  Everything goes into the staging folder of the output folder claimed at the
+start of the run (:func:`claim_output_dir`, an :class:`xtrt.outdir.OutputDir`); ``commit()``
+swaps the whole result in.
 """
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
 from xtrt.config import config_to_dict
-from xtrt.errors import OutputError
+from xtrt.outdir import OutputDir
 
 from xtrt.quant.result import QuantResult, RunRecord
 
-__all__ = ["OutputClaim", "claim_output_dir", "write_outputs"]
+__all__ = ["QUANT_OUTPUTS", "OutputClaim", "claim_output_dir", "write_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -34,46 +34,34 @@ def _versions() -> dict:
             "onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
 
 
-class OutputClaim:
-    """An output folder claimed for one run: a private staging folder inside it, moved into place
-    by :meth:`commit`, removed by :meth:`release`."""
+#: what xtrt.quant writes; a folder an older xtrt (without a manifest) wrote may hold these
+QUANT_OUTPUTS = ("quantized.onnx", "quant_cfg.json", "dynamic_range.json", "calibration.cache",
+                 "resolved_config.yaml", "report.json", "report.md", "tensorboard",
+                 "layers_noise.png", "layers_alone.png", "fallback.png", "worst_layer_scatter.png")
 
-    def __init__(self, out_dir: Path, stage: Path):
-        self.out_dir, self.stage = out_dir, stage
+
+class OutputClaim:
+    """An output folder claimed for one run (an opened :class:`xtrt.outdir.OutputDir`): checked,
+    locked, with a private staging folder that :meth:`commit` swaps in whole."""
+
+    def __init__(self, out_dir: Path, *, force: bool = False):
+        self._dir = OutputDir(out_dir, "xtrt.quant", force=force, adopt=QUANT_OUTPUTS,
+                              option="output folder").open()
+        self.out_dir, self.stage = self._dir.path, self._dir.staging
 
     def commit(self) -> dict[str, Path]:
-        files: dict[str, Path] = {}
-        try:
-            for item in sorted(self.stage.iterdir()):
-                if item.name.startswith("."):
-                    continue
-                dest = self.out_dir / item.name
-                if dest.is_dir() and item.is_dir():
-                    shutil.rmtree(dest)
-                os.replace(item, dest)
-                files[item.name] = dest
-        except OSError as exc:
-            raise OutputError(f"cannot move outputs into {str(self.out_dir)!r}: "
-                              f"{exc.strerror or exc}",
-                              "check free space and permissions of output_dir") from exc
-        return files
+        """Swap the staged outputs in; {name: final path}."""
+        return self._dir.commit()
 
     def release(self) -> None:
-        shutil.rmtree(self.stage, ignore_errors=True)
+        """After commit: nothing left to do; otherwise the staging folder is removed."""
+        self._dir.abort()
 
 
-def claim_output_dir(path: Path) -> OutputClaim:
-    """Create ``path`` and a staging folder in it, before any work (fails in one line)."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        stage = Path(os.path.join(path, f".xtrt-partial-{os.getpid()}"))
-        if stage.exists():
-            shutil.rmtree(stage)
-        stage.mkdir()
-        return OutputClaim(path, stage)
-    except OSError as exc:
-        raise OutputError(f"cannot write to output folder {str(path)!r}: {exc.strerror or exc}",
-                          "choose a writable output_dir (or fix its permissions)") from exc
+def claim_output_dir(path: Path, *, force: bool = False) -> OutputClaim:
+    """Claim ``path`` before any work (xtrt.outdir): one line if it is a file, holds files xtrt
+    did not write, is in use by another run, or cannot be written."""
+    return OutputClaim(path, force=force)
 
 
 def write_outputs(rec: RunRecord) -> QuantResult:
@@ -91,9 +79,10 @@ def write_outputs(rec: RunRecord) -> QuantResult:
     scales = ex.tensor_scales(prepared.model, cal, placement)
     cfg_dict = config_to_dict(cfg)
     save_model_atomic(rec.qmodel, stage / "quantized.onnx")
-    write_json_atomic(stage / "quant_cfg.json", ex.quant_cfg(
+    write_json_atomic(stage / "quant_cfg.json", {**ex.quant_cfg(
         scales, placement, cal, config=cfg_dict, versions=versions, input_name=prepared.input_name,
-        input_shape=prepared.input_shape, dynamic_batch=prepared.dynamic_batch))
+        input_shape=prepared.input_shape, dynamic_batch=prepared.dynamic_batch),
+        "float_precision": rec.precision})
     write_json_atomic(stage / "dynamic_range.json", ex.dynamic_ranges(scales))
     write_text_atomic(stage / "calibration.cache", ex.calibration_cache_text(scales))
     write_text_atomic(stage / "resolved_config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
@@ -145,6 +134,8 @@ def _report(rec: RunRecord, versions: dict) -> dict:
         "layers": layers,
         "fallback": rec.fallback.as_dict() if rec.fallback else None,
         "placement": placement.as_dict(),
+        "float_precision": rec.precision,
+        "engine": rec.engine,
         "timings_s": rec.timings,
         "versions": versions,
     }

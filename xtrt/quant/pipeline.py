@@ -64,7 +64,8 @@ def _run(job) -> QuantResult:
     from xtrt.quant.analyse import analyse, worst_layer_values
     from xtrt.quant.calibrate import calibrate
     from xtrt.quant.evaluate import build_evaluator
-    from xtrt.quant.export import export_qdq
+    from xtrt.quant.checks import check_evaluation, check_scales
+    from xtrt.quant.export import export_qdq, tensor_scales
     from xtrt.quant.fallback import run_target_fallback
     from xtrt.quant.outputs import write_outputs
     from xtrt.quant.result import RunRecord
@@ -81,6 +82,7 @@ def _run(job) -> QuantResult:
         calibrated = calibrate(cfg, prepared, placement, cal_src, progress=job.progress)
     placement.quantize = [n for n in placement.quantize
                           if n in set(calibrated.result.quantized_ops)]
+    check_scales(tensor_scales(prepared.model, calibrated.result, placement))
     with t("verify"):
         evaluator = build_evaluator(job, prepared, batches(
             job, prepared, job.heldout_files, cfg.evaluation.batch_size, "held-out data"))
@@ -94,6 +96,7 @@ def _run(job) -> QuantResult:
         with t("techniques"):
             techniques.after_calibration(cfg, calibrated.result, calibrated.stats, cal_src,
                                          progress=job.progress)
+        check_scales(tensor_scales(prepared.model, calibrated.result, placement))
         with t("export"):
             qmodel = export_qdq(prepared.model, calibrated.result, placement)
         with t("verify"):
@@ -118,16 +121,51 @@ def _run(job) -> QuantResult:
                 evaluator.evaluate_model(fb.qmodel)
         if fb is None:
             t.pop("fallback", None)
+        with t("float_precision"):       # export.float_precision (xtrt.quant.precision)
+            final_model, precision = _precision(cfg, prepared, final_model, cal_src, evaluator)
+            if precision["float_precision"] == "fp16":
+                final_eval = evaluator.evaluate_model(final_model)
+        with t("engine"):                # TensorRT-RTX build of the written model
+            engine = _engine(cfg, final_model)
         rec = RunRecord(job=job, prepared=prepared, calibrated=calibrated,
                         placement=final_placement, qmodel=final_model, evaluation=final_eval,
                         simulation=ev_sim, judged_on=evaluator.judged_on,
                         chosen_on=selector.judged_on if (search or fb) else None, task=evaluator.data.task,
                         analysis=analysis, fallback=fb.result if fb else None, search=search,
-                        timings=dict(t), scatter=scatter)
+                        timings=dict(t), scatter=scatter, precision=precision, engine=engine)
+        check_evaluation(final_eval.outputs)     # PASSED only on real numbers
+        check_evaluation(ev_sim.outputs, "PPQ's simulation")
         return write_outputs(rec)
     finally:
         evaluator.close()
         selector.close()
+
+
+def _engine(cfg, model) -> dict | None:
+    """The TensorRT-RTX engine judge of ``model`` (xtrt.lint.trt_rtx), or None when switched off;
+    a builder that cannot run here is reported, never fatal."""
+    if not cfg.analysis.trt_rtx:
+        return None
+    from xtrt.lint.trt_rtx import engine_judge
+
+    try:
+        judged = engine_judge(model)
+    except Exception as exc:  # the judge must never fail a run
+        log.warning("TensorRT-RTX build check failed: %s", exc)
+        return {"available": True, "accepted": False, "errors": [str(exc)]}
+    return judged
+
+
+def _precision(cfg, prepared, qmodel, cal_src, evaluator):
+    """FP16 or FP32 outside the Q/DQ pairs; both exports' fidelity (xtrt.quant.precision)."""
+    import itertools
+
+    from xtrt.quant.precision import precision_stage
+
+    return precision_stage(cfg.export.float_precision, qmodel,
+                           [b.feeds for b in itertools.islice(iter(cal_src), 2)], evaluator.data,
+                           plugin_nodes=prepared.tail_nodes, device=cfg.device,
+                           rtol=evaluator.rtol, atol=evaluator.atol)
 
 
 def prepare(job):
@@ -135,13 +173,16 @@ def prepare(job):
     import xtrt.ops as ops
     from xtrt.model.load import load_model
     from xtrt.model.prepare import prepare_model
+    from xtrt.quant.checks import check_input_type
 
     if job.device == "cuda":
         from xtrt.runtime.session import providers_for
         providers_for("cuda")
     for plugin in job.plugins:
         ops.REGISTRY.load_plugin(str(plugin))
-    prepared = prepare_model(load_model(job.model_path), job.cfg.input.shape, job.cfg.input.name)
+    source = load_model(job.model_path)
+    check_input_type(source, job.cfg.input.name)
+    prepared = prepare_model(source, job.cfg.input.shape, job.cfg.input.name)
     log.info("prepared %s: %s", job.model_path.name, "; ".join(prepared.steps))
     return prepared
 
@@ -161,9 +202,10 @@ def batches(job, prepared, files, batch_size: int, title: str):
     from xtrt.data.preprocess import build_preprocess
     from xtrt.data.source import BatchSource
 
-    pre = build_preprocess(job.cfg.preprocess, tuple(prepared.input_shape[2:4]))
+    pre = build_preprocess(job.cfg.preprocess, tuple(prepared.input_shape[2:4]), job.cfg.base_dir)
     return BatchSource(files, prepared.input_name, tuple(prepared.input_shape[1:]), pre,
-                       batch_size, progress=job.bar(title), workers=job.cfg.workers)
+                       batch_size, progress=job.bar(title), workers=job.cfg.workers,
+                       other_inputs=prepared.other_inputs)
 
 
 def _scatter(prepared, qmodel, worst, evaluator, device, values_fn):

@@ -10,6 +10,8 @@ Rules:
   That is where YOLO heads concatenate box coordinates (0..640) with class scores (0..1); one INT8
   scale there zeroes every score.  Found from the graph alone, no model names.
 * User exclusions by exact node name, /regex/, or op type, checked against the graph.
+* ``Placement.tensors``: the tensor-level plan (scale groups, weight axes, precision per node
+  with the reason) by TensorRT's placement and fusion rules, :mod:`xtrt.quant.tensor_plan`.
 """
 from __future__ import annotations
 
@@ -18,20 +20,21 @@ import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from xtrt.errors import ConfigError
+from xtrt.quant.tensor_plan import TensorPlan, build_tensor_plan
+from xtrt.trt.rules import INT8_OP_TYPES, WEIGHTED_OP_TYPES
 
 __all__ = ["QUANTIZABLE_OP_TYPES", "Placement", "plan_placement", "find_decode_tail",
            "resolve_exclusions"]
 
 log = logging.getLogger(__name__)
 
-QUANTIZABLE_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool",
-                        "GlobalAveragePool")
-_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+QUANTIZABLE_OP_TYPES = INT8_OP_TYPES
+_WEIGHTED = WEIGHTED_OP_TYPES
 HEAVY_WEIGHT_ELEMENTS = 1024  # a DFL "integral" conv has 16; real layers have thousands
 
 
@@ -42,10 +45,15 @@ class Placement:
     quantize: list[str] = field(default_factory=list)
     keep_float: dict[str, str] = field(default_factory=dict)   # node -> reason
     decode_tail: list[str] = field(default_factory=list)
+    # the tensor-level plan (xtrt.quant.tensor_plan) for the lists above; export rebuilds it
+    tensors: Optional[TensorPlan] = None
 
     def as_dict(self) -> dict:
-        return {"quantize": list(self.quantize), "keep_float": dict(self.keep_float),
-                "decode_tail": list(self.decode_tail)}
+        out = {"quantize": list(self.quantize), "keep_float": dict(self.keep_float),
+               "decode_tail": list(self.decode_tail)}
+        if self.tensors is not None:
+            out["tensors"] = self.tensors.as_dict()
+        return out
 
 
 def _graph_maps(model):
@@ -187,4 +195,5 @@ def plan_placement(model, *, exclude_nodes: Sequence[str] = (), exclude_op_types
             plan.quantize.append(n.name)
     for name, why in keep.items():
         plan.keep_float.setdefault(name, why)
+    plan.tensors = build_tensor_plan(model, plan)
     return plan

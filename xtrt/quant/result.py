@@ -36,3 +36,5 @@ class RunRecord:
     search: dict | None
     timings: dict
     scatter: tuple | None = None   # (ref, test, title) for the worst layer
+    engine: dict | None = None     # TensorRT-RTX engine judge of the written model
+    precision: dict | None = None  # export.float_precision: kept FP32 nodes, both fidelities

@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from xtrt.trt.rules import QMAX, weight_axis
+
 __all__ = ["switchable_model", "layerwise_sensitivity"]
 
 log = logging.getLogger(__name__)
@@ -28,8 +30,9 @@ def switchable_model(model, cal, placement):
     from xtrt.model.split import runnable_body
     from xtrt.quant.export import export_qdq
 
-    q = runnable_body(export_qdq(model, cal, placement))
+    q = runnable_body(export_qdq(model, cal, placement, only_placed=True))
     g = q.graph
+    source = {n.name: n for n in model.graph.node}
     by_out = {o: n for n in g.node for o in n.output}
     switches: dict[str, str] = {}
     new_nodes = []
@@ -46,9 +49,10 @@ def switchable_model(model, cal, placement):
                     continue
                 # the float value the Q/DQ pair (or the INT8 weight) replaces
                 if dq.input[0] in {init.name for init in g.initializer}:   # weight: int8 init
-                    base = t[:-len("_dequantized")] if t.endswith("_dequantized") else None
-                    if base is None:
+                    src = source.get(node.name)
+                    if src is None or i >= len(src.input):
                         continue
+                    base = src.input[i]                 # the float weight the export replaced
                     fl = f"{base}_float"
                     w = cal.weights.get(base)
                     if w is None:
@@ -251,12 +255,12 @@ def layer_statistics(model, cal, placement, batches: Sequence[dict[str, np.ndarr
             row["act_min"], row["act_max"] = lo, hi
         s = cal.act_scales.get((name, 0))
         if s is not None:
-            row["act_clip"] = float(127.0 * s)
+            row["act_clip"] = float(QMAX * s)
         if len(node.input) > 1 and node.input[1] in inits:
             w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
             row["weight_min"], row["weight_max"] = float(w.min()), float(w.max())
-            if w.ndim >= 2:
-                axis = 1 if node.op_type == "ConvTranspose" else 0
+            axis = weight_axis(node, w.ndim, 1)
+            if w.ndim >= 2 and axis is not None:
                 amax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
                 med = float(np.median(amax))
                 row["weight_channel_spread"] = float(amax.max() / med) if med > 0 else None

@@ -72,10 +72,13 @@ def resolve(cfg):
     out = copy.deepcopy(cfg)
     e = EFFORTS[out.quantization.effort]
     q = out.quantization
-    if out.calibration.method is None:
+    method_given = out.calibration.method is not None
+    if not method_given:
         out.calibration.method = e.method
     if q.per_tensor is None:
-        q.per_tensor = e.per_tensor
+        # a method written in the config is that method for every tensor (auto: the whole-graph
+        # search); the effort's per-tensor choice applies when the method is left to it
+        q.per_tensor = e.per_tensor and not method_given
     if q.equalization.enabled is None:
         q.equalization.enabled = e.equalization
     if q.bias_correction.enabled is None:
@@ -159,6 +162,12 @@ def after_calibration(cfg, cal, stats: dict, cal_batches, *, progress: bool = Tr
         passes["bias_correction"] = {"block_size": q.bias_correction.block_size,
                                      "batches": q.bias_correction.batches}
     if passes:
+        # PPQ's LSQ/AdaRound pick training batches with the global random module: seed it
+        # (calibration.seed) so a run repeats
+        import torch
+
+        random.seed(cfg.calibration.seed or 0)
+        torch.manual_seed(cfg.calibration.seed or 0)
         secs = ppq_backend.optimize(cal, feeds, device=cfg.device, progress=progress, **passes)
         info["passes"] = {k: {**v, "seconds": secs.get(k)} for k, v in passes.items()}
     cal.techniques = info

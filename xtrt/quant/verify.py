@@ -90,11 +90,13 @@ def prepare_eval(runner, batches: Iterable, task: str, layout: str | None, *,
                  store=None) -> EvalData:
     """Run the FP32 model once over the held-out batches (streamed into ``store``)."""
     from xtrt.data.store import BatchStore
+    from xtrt.quant.checks import check_reference
 
     store = BatchStore() if store is None else store
     ed = EvalData(store, list(runner.output_names), task, layout, labels, annotations, conf, iou)
     for b in batches:
         refs = runner.run(b.feeds)
+        check_reference([refs], ed.output_names, [b])   # NaN/Inf in FP32: no figure means anything
         store.append(b, refs)
         ed.images += b.size
         if task == "detection":

@@ -12,9 +12,16 @@ import numpy as np
 
 from xtrt.errors import DeviceError, ModelError, UnsupportedOpError
 
-__all__ = ["providers_for", "make_session", "run_session", "cuda_ep_available"]
+__all__ = ["providers_for", "make_session", "run_session", "cuda_ep_available", "ort_message"]
 
 log = logging.getLogger(__name__)
+
+
+def ort_message(exc: BaseException) -> str:
+    """ONNX Runtime's whole error text on one line (its messages span lines: the first line alone
+    drops the indices and sizes that say what went wrong)."""
+    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    return text or type(exc).__name__
 
 
 def cuda_ep_available() -> bool:
@@ -106,7 +113,7 @@ def make_session(model, device: str = "cpu", *, threads: int | None = None,
     except DeviceError:
         raise
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = ort_message(exc)
         if "NOT_IMPLEMENTED" in str(exc) or "Could not find an implementation" in str(exc) \
                 or "is not a registered function/op" in str(exc):
             raise UnsupportedOpError(

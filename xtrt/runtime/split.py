@@ -141,7 +141,9 @@ class SplitRunner:
         try:
             values = self._session.run(self._body_outputs, dict(feeds))
         except Exception as exc:  # ORT's InvalidArgument etc.: wrong dtype or shape in the feeds
-            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            from xtrt.runtime.session import ort_message
+
+            text = ort_message(exc)
             raise DataError(f"ONNX Runtime could not run the model: {text}",
                             f"check the feeds against input_names={self.input_names} "
                             f"and input_shapes={self.input_shapes}") from exc
@@ -158,7 +160,8 @@ class SplitRunner:
         values.update(body_outputs)
         for node, handler, attrs in self._tail:
             if handler is not None:
-                outs = handler.forward([self._to_torch(values[i]) if i else None for i in node.input], attrs)
+                outs = _call_handler(handler, node, [self._to_torch(values[i]) if i else None
+                                                     for i in node.input], attrs)
                 outs = tuple(outs) if isinstance(outs, (tuple, list)) else (outs,)
                 wanted = [o for o in node.output]
                 if len(outs) < len(wanted):
@@ -227,3 +230,21 @@ def _to_numpy(value) -> np.ndarray:
         return value.detach().cpu().numpy()
     except AttributeError:
         return np.asarray(value)
+
+
+def _call_handler(handler, node, inputs, attrs):
+    """``handler.forward``; sys.exit or an exception in a user's handler becomes one XtrtError
+    (an exception in a built-in xtrt handler is a bug and keeps its traceback)."""
+    where = f"the handler for op '{node.op_type}' ({type(handler).__module__}.{type(handler).__name__})"
+    try:
+        return handler.forward(inputs, attrs)
+    except SystemExit as exc:
+        raise XtrtError(f"{where} called sys.exit({exc.code!r}) on node '{node.name}'",
+                        "return the outputs instead of exiting") from None
+    except XtrtError:
+        raise
+    except Exception as exc:
+        if type(handler).__module__.startswith("xtrt."):
+            raise
+        raise XtrtError(f"{where} raised {type(exc).__name__}: {exc} on node '{node.name}'",
+                        "fix the handler's forward() (run with -v for the traceback)") from exc

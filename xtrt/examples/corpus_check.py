@@ -1,0 +1,204 @@
+"""Run one corpus model through ``xtrt.quant`` with default settings and check what it wrote.
+
+The checks are the acceptance criteria of the corpus (tests/slow/test_corpus.py asserts them one by
+one, benchmarks/corpus.py prints them as a table):
+
+* quantize: ``python -m xtrt.quant --config <written config>`` exits 0 (the error line otherwise);
+* io: ``quantized.onnx`` has the source's input and output names, in the source's order;
+* batch 1 / batch 4: it runs on ONNX Runtime (CPU) and batch 4 row 0 equals batch 1;
+* dynamic: a symbolic or ``-1`` source batch is still not a fixed number;
+* lint: :func:`xtrt.lint.qdq.lint_qdq` errors (float ops and decode tail from quant_cfg.json allowed);
+* TensorRT-RTX: parse + build (body before plugins) and the Int8 share of the convolution layers;
+* fidelity: the report's task metric and worst output SQNR on the held-out images.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["CorpusResult", "run_quant", "check_outputs", "run_and_check"]
+
+
+@dataclass
+class CorpusResult:
+    """What one corpus model did; ``None`` where a check could not run (an earlier step failed)."""
+
+    name: str
+    quant_ok: bool = False
+    quant_error: str = ""
+    quant_seconds: float = 0.0
+    io_names_ok: bool | None = None
+    batch1_ok: bool | None = None
+    batch4_ok: bool | None = None
+    batch_error: str = ""
+    source_batch: str = ""
+    dynamic_kept: bool | None = None
+    lint_errors: int | None = None
+    lint_first: str = ""
+    trt_ok: bool | None = None
+    trt_error: str = ""
+    int8_convs: int | None = None
+    convs: int | None = None
+    trt_seconds: float = 0.0
+    fidelity: str = ""
+    min_sqnr_db: float | None = None
+    held_out: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_quant(config: Path) -> tuple[int, str, float]:
+    """Run ``xtrt.quant`` in-process; returns (exit code, last ``error:`` line, seconds)."""
+    from xtrt.cli import run_main
+    from xtrt.quant.__main__ import main
+
+    err = io.StringIO()
+    t0 = time.perf_counter()
+    crash = ""
+    with contextlib.redirect_stderr(err):  # run_main maps XtrtError to one "error:" line, rc 1
+        try:
+            rc = run_main(main, ["--config", str(config), "-q"])
+        except Exception as exc:  # anything else is an xtrt bug: record it as the row's failure
+            rc, crash = 1, f"crash (traceback): {type(exc).__name__}: {str(exc).splitlines()[0]}"
+    lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("error:")] + \
+        ([crash] if crash else [])
+    return rc, (lines[-1] if lines else ""), time.perf_counter() - t0
+
+
+def _dim(d) -> str:
+    return str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
+
+
+def _io(model) -> tuple[list[str], list[str]]:
+    init = {t.name for t in model.graph.initializer}
+    return ([i.name for i in model.graph.input if i.name not in init],
+            [o.name for o in model.graph.output])
+
+
+def _feeds(sess, batch: int, rng) -> dict:
+    dt = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+          "tensor(int32)": np.int32}
+    feeds = {}
+    for inp in sess.get_inputs():
+        shape = [batch if i == 0 else (d if isinstance(d, int) and d > 0 else 1)
+                 for i, d in enumerate(inp.shape)]
+        feeds[inp.name] = rng.uniform(-1, 1, shape).astype(dt.get(inp.type, np.float32))
+    return feeds
+
+
+def _batch_checks(res: CorpusResult, quantized: Path, dynamic: bool) -> None:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(quantized), so, providers=["CPUExecutionProvider"])
+    feeds4 = _feeds(sess, 4, np.random.default_rng(0))
+    try:
+        out1 = sess.run(None, {k: v[:1] for k, v in feeds4.items()})
+        res.batch1_ok = all(np.all(np.isfinite(o)) for o in out1 if o.dtype.kind == "f")
+    except Exception as exc:  # ORT raises its own types
+        res.batch1_ok, res.batch_error = False, f"batch 1: {exc}"
+        return
+    if not dynamic:
+        res.notes.append(f"source batch fixed to {res.source_batch}: batch 4 not applicable")
+        return
+    try:
+        out4 = sess.run(None, feeds4)
+        res.batch4_ok = all(a4.shape[0] == 4 and np.allclose(a1[0], a4[0], rtol=1e-3, atol=1e-3)
+                            for a1, a4 in zip(out1, out4))
+        if not res.batch4_ok:
+            res.batch_error = "batch 4 row 0 differs from batch 1"
+    except Exception as exc:
+        res.batch4_ok, res.batch_error = False, f"batch 4: {exc}"
+
+
+def _lint(res: CorpusResult, out_dir: Path, model) -> None:
+    from xtrt.lint.qdq import errors, lint_qdq
+
+    cfg = json.loads((out_dir / "quant_cfg.json").read_text())
+    floats = list(cfg.get("float_ops") or {}) + list(cfg.get("decode_tail") or [])
+    errs = errors(lint_qdq(model, float_nodes=floats))
+    res.lint_errors = len(errs)
+    res.lint_first = str(errs[0]) if errs else ""
+
+
+def _trt(res: CorpusResult, quantized: Path) -> None:
+    from xtrt.lint.trt_rtx import build_with_trt_rtx, trt_rtx_available
+
+    if not trt_rtx_available():
+        res.notes.append("tensorrt_rtx_bindings not installed: no TensorRT-RTX build")
+        return
+    try:
+        rep = build_with_trt_rtx(quantized, build_body_only=True)
+    except Exception as exc:  # the builder's bindings raise RuntimeError/TypeError
+        res.trt_ok, res.trt_error = False, f"{type(exc).__name__}: {exc}"
+        return
+    res.trt_ok = rep.ok
+    if not rep.ok:
+        res.trt_error = (rep.parse_errors + rep.build_errors + ["no engine"])[0]
+    res.int8_convs, res.convs = rep.int8_convolutions, len(rep.convolutions)
+    res.trt_seconds = rep.seconds
+
+
+def _fidelity(res: CorpusResult, out_dir: Path) -> None:
+    report = json.loads((out_dir / "report.json").read_text())
+    sqnr = [o.get("sqnr_db") for o in (report.get("outputs") or {}).values()]
+    sqnr = [s for s in sqnr if s is not None]
+    res.min_sqnr_db = float(min(sqnr)) if sqnr else None
+    res.held_out = (report.get("summary") or {}).get("held_out_images")
+    task = report.get("task") or {}
+    if task.get("kind") == "classification":
+        res.fidelity = (f"top-1 agreement {task['agree']}/{task['total']} "
+                        f"({task['top1_agreement']:.1%})")
+    elif task.get("kind") == "detection" and task.get("map50_95") is not None:
+        res.fidelity = (f"mAP50-95 vs FP32 {task['map50_95']:.3f} "
+                        f"({task.get('reference_boxes')} ref. boxes)")
+    elif task.get("kind") == "detection":
+        res.fidelity = f"mAP n/a ({task.get('reference_boxes')} ref. boxes)"
+    if res.min_sqnr_db is not None:
+        sq = f"worst output SQNR {res.min_sqnr_db:.1f} dB"
+        res.fidelity = f"{res.fidelity}, {sq}" if res.fidelity else sq
+
+
+def check_outputs(name: str, source: Path, out_dir: Path, res: CorpusResult | None = None
+                  ) -> CorpusResult:
+    """Every check after a successful ``xtrt.quant`` run that wrote ``out_dir``."""
+    import onnx
+
+    res = res or CorpusResult(name=name, quant_ok=True)
+    src = onnx.load(str(source), load_external_data=False)
+    quantized = out_dir / "quantized.onnx"
+    q = onnx.load(str(quantized))
+    res.io_names_ok = _io(src) == _io(q)
+    first = src.graph.input[0].type.tensor_type.shape.dim[0]
+    res.source_batch = _dim(first)
+    dynamic = not first.HasField("dim_value") or first.dim_value <= 0
+    q_first = q.graph.input[0].type.tensor_type.shape.dim[0]
+    res.dynamic_kept = (not q_first.HasField("dim_value") or q_first.dim_value <= 0) \
+        if dynamic else None
+    _batch_checks(res, quantized, dynamic)
+    _lint(res, out_dir, q)
+    _trt(res, quantized)
+    _fidelity(res, out_dir)
+    return res
+
+
+def run_and_check(name: str, source: Path, config: Path) -> CorpusResult:
+    """Quantize with the written config (default settings) and, if that worked, check the outputs."""
+    import yaml
+
+    res = CorpusResult(name=name)
+    rc, err, secs = run_quant(config)
+    res.quant_ok, res.quant_error, res.quant_seconds = rc == 0, err, secs
+    if rc != 0:
+        return res
+    out_dir = Path(yaml.safe_load(Path(config).read_text())["output_dir"])
+    return check_outputs(name, source, out_dir, res)
