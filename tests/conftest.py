@@ -69,6 +69,21 @@ def make_images(folder: Path, n: int = 12, size=(48, 40), seed: int = 0) -> Path
     return folder
 
 
+def edit_config(path: Path, **changes) -> Path:
+    """Change keys of a YAML config in place: ``section__key=value`` (``__`` nests)."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        node = data
+        keys = dotted.split("__")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def write_config(path: Path, **sections) -> Path:
     import yaml
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.conftest import make_images, write_config
+from tests.conftest import edit_config, make_images, write_config
 from xtrt.cli import run_main
 from xtrt.outdir import LOCK_NAME, MANIFEST_NAME
 from xtrt.quant.__main__ import main
@@ -42,16 +42,7 @@ def last_err(capsys) -> str:
     return lines[-1]
 
 
-def edit(cfg: Path, **changes) -> Path:
-    data = yaml.safe_load(cfg.read_text())
-    for dotted, value in changes.items():
-        node = data
-        keys = dotted.split("__")
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = value
-    cfg.write_text(yaml.safe_dump(data))
-    return cfg
+edit = edit_config
 
 
 def out_of(cfg: Path) -> Path:

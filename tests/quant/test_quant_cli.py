@@ -10,7 +10,7 @@ import onnx
 import pytest
 import yaml
 
-from tests.conftest import make_classifier, write_config
+from tests.conftest import edit_config, make_classifier, write_config
 from xtrt.cli import run_main
 from xtrt.quant.__main__ import main
 from xtrt.quant.export import parse_calibration_cache
@@ -21,16 +21,7 @@ def run(argv):
     return run_main(main, argv)
 
 
-def edit(cfg_path: Path, **changes) -> Path:
-    data = yaml.safe_load(cfg_path.read_text())
-    for dotted, value in changes.items():
-        node = data
-        keys = dotted.split("__")
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = value
-    cfg_path.write_text(yaml.safe_dump(data))
-    return cfg_path
+edit = edit_config
 
 
 @pytest.fixture(scope="module")
