@@ -142,18 +142,6 @@ def test_per_tensor_choice_takes_each_layers_lowest_error(tiny):
     assert _export_vs_simulation(prep, cal, placement, batches[2]) < TOL
 
 
-def test_split_selection_test_is_disjoint_deterministic_and_sized():
-    files = [f"f{i}" for i in range(10)]
-    sel, test = techniques.split_selection_test(files, 0.3, seed=1)
-    assert len(sel) == 3 and len(test) == 7 and set(sel).isdisjoint(test)
-    assert sorted(sel + test) == sorted(files)
-    assert (sel, test) == techniques.split_selection_test(files, 0.3, seed=1)
-    assert sel != techniques.split_selection_test(files, 0.3, seed=2)[0]
-    assert techniques.split_selection_test(["a"], 0.5) == ([], ["a"])
-    with pytest.raises(ValueError):
-        techniques.split_selection_test(files, 1.0)
-
-
 def test_effort_presets_fill_only_what_is_unset():
     from xtrt.config import config_from_dict
 

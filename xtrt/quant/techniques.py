@@ -13,7 +13,7 @@ Order in a run (``xtrt.quant.pipeline`` calls the two hooks):
    Their weights, biases and scales are re-read into the calibration result, which the Q/DQ
    export writes (weights rounded on the pass's grid, learned scales, corrected biases).
 
-Every choice here is made on calibration images only; :func:`split_selection_test` splits the
+Every choice here is made on calibration images only; :func:`xtrt.quant.job.split_selection_test` splits the
 held-out images into a part for selections (method auto, fallback) and a part for the report.
 """
 from __future__ import annotations
@@ -23,17 +23,13 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
 
 import numpy as np
 
 __all__ = ["EFFORTS", "Effort", "resolve", "before_calibration", "after_calibration",
-           "apply_initializers", "split_selection_test"]
+           "apply_initializers"]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
 
 @dataclass(frozen=True)
 class Effort:
@@ -172,20 +168,3 @@ def after_calibration(cfg, cal, stats: dict, cal_batches, *, progress: bool = Tr
         info["passes"] = {k: {**v, "seconds": secs.get(k)} for k, v in passes.items()}
     cal.techniques = info
     return info
-
-
-def split_selection_test(files: Sequence[T], frac: float = 0.5, *,
-                         seed: int = 0) -> tuple[list[T], list[T]]:
-    """Split held-out ``files`` into (selection, test): ``selection`` (a seeded random
-    ``frac`` of them, at least one when there are two or more) is for choices (method auto,
-    fallback, searches); ``test`` only for the final report.  Deterministic for a seed; the
-    order of each part follows ``files``."""
-    if not 0.0 < frac < 1.0:
-        raise ValueError(f"frac must be in (0, 1), got {frac}")
-    files = list(files)
-    if len(files) < 2:
-        return [], files
-    n_sel = min(len(files) - 1, max(1, round(len(files) * frac)))
-    pick = set(random.Random(seed).sample(range(len(files)), n_sel))
-    return ([f for i, f in enumerate(files) if i in pick],
-            [f for i, f in enumerate(files) if i not in pick])
