@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from xtrt.model.graph import from_constants
 from xtrt.trt.rules import WEIGHTED_OP_TYPES, attr as _attr, weight_axis as _rule_axis
 
 __all__ = ["Finding", "COMPUTE_OPS", "lint_qdq", "errors", "summarize", "hazard_counts"]
@@ -84,17 +85,7 @@ class _Graph:
 
     def is_constant(self, name: str) -> bool:
         """True when ``name`` is computed from initializers/Constants only."""
-        stack, seen = [name], set()
-        while stack:
-            cur = stack.pop()
-            if cur in seen or cur in self.consts:
-                continue
-            seen.add(cur)
-            node = self.producer.get(cur)
-            if node is None:
-                return False
-            stack.extend(i for i in node.input if i)
-        return True
+        return from_constants(name, self.producer, self.consts.__contains__)
 
     def tensor_dtype(self, name: str):
         if name in self.consts:

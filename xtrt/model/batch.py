@@ -17,20 +17,11 @@ from typing import Sequence
 import numpy as np
 
 from xtrt.errors import ModelError
+from xtrt.model.graph import const_values
 
 __all__ = ["unbake_batch", "check_batch_runs"]
 
 log = logging.getLogger(__name__)
-
-
-def _const_arrays(model) -> dict[str, np.ndarray]:
-    from onnx import numpy_helper
-
-    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            out[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-    return out
 
 
 def _inferred_dims(model) -> dict[str, list]:
@@ -72,7 +63,7 @@ def unbake_batch(model, batch: str) -> list[str]:
     symbolic ``batch``; returns one note per rewritten node."""
     from onnx import numpy_helper
 
-    consts = _const_arrays(model)
+    consts = const_values(model)
     dims = _inferred_dims(model)
     inits = {i.name: i for i in model.graph.initializer}
     uses: dict[str, int] = {}

@@ -14,6 +14,7 @@ import logging
 import numpy as np
 
 from xtrt.errors import ModelError
+from xtrt.model.graph import const_values
 
 __all__ = ["TARGET_OPSET", "model_opset", "convert_opset"]
 
@@ -29,16 +30,6 @@ def model_opset(model) -> int:
         if imp.domain in ("", "ai.onnx"):
             return int(imp.version)
     return 1
-
-
-def _const_values(model) -> dict[str, np.ndarray]:
-    from onnx import numpy_helper
-
-    vals = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            vals[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-    return vals
 
 
 def _drop_attr(node, name: str) -> None:
@@ -145,7 +136,7 @@ def convert_opset(model, target: int = TARGET_OPSET):
                              "re-export the model at opset 13") from exc
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    consts = _const_values(out)
+    consts = const_values(out)
     for node in out.graph.node:
         if node.domain not in ("", "ai.onnx"):
             continue

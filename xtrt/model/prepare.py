@@ -107,6 +107,15 @@ def _batch_dim(dim, input_name: str, steps: list[str]) -> str | int:
     return "N"
 
 
+def _fix_dims(model, input_name: str, shape: Sequence[int], others: dict, batch_dim) -> None:
+    """Every input's dims fixed (the image input to ``shape``, the others to their own dims at the
+    same batch), output shapes cleared for re-inference."""
+    _set_input_dims(model, input_name, shape, batch_dim)
+    for name, (dims, _) in others.items():
+        _set_input_dims(model, name, [shape[0], *dims], batch_dim)
+    _clear_output_shapes(model, batch_dim)
+
+
 def _clear_output_shapes(model, batch_dim) -> None:
     """Symbolic output dims derived from H/W would otherwise stay stale; a ``-1``/``0`` batch on
     an output becomes the input's symbolic batch."""
@@ -135,10 +144,7 @@ def _reference(source, input_name: str, shape: Sequence[int], batch_dim, steps: 
         return source
     ref = onnx.ModelProto()
     ref.CopyFrom(source)
-    _set_input_dims(ref, input_name, shape, batch_dim)
-    for name, (dims, _) in others.items():
-        _set_input_dims(ref, name, [shape[0], *dims], batch_dim)
-    _clear_output_shapes(ref, batch_dim)
+    _fix_dims(ref, input_name, shape, others, batch_dim)
     notes = unbake_batch(ref, batch_dim)
     steps.extend(notes)
     return ref if notes or ref.graph.input != source.graph.input else source
@@ -200,10 +206,7 @@ def prepare_model(source, input_shape: Sequence[int] | None = None, input_name: 
         steps.append(f"cut plugin tail ({', '.join(n.op_type for n in plan.tail_nodes)})")
     work = onnx.ModelProto()
     work.CopyFrom(body_src)
-    _set_input_dims(work, input_name, shape, batch_dim)
-    for name, (dims, _) in others.items():
-        _set_input_dims(work, name, [shape[0], *dims], batch_dim)
-    _clear_output_shapes(work, batch_dim)
+    _fix_dims(work, input_name, shape, others, batch_dim)
     steps.append(f"input {input_name} fixed to {[batch_dim if isinstance(batch_dim, str) else shape[0]] + shape[1:]}")
     n_before = len(source.graph.node)
     work, notes = lower_new_ops(work, model_opset(work))

@@ -20,6 +20,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from xtrt.model.graph import toposort
+
 __all__ = ["FP16_SAFE", "convert_fp16", "fp32_reasons", "float_regions"]
 
 FP16_SAFE = 8192.0
@@ -138,8 +140,8 @@ def convert_fp16(model, keep_fp32: Mapping[str, str] | Sequence[str] = ()):
         nodes.append(n)
     _keep_output_types(g, nodes, types, have)
     del g.node[:]
-    g.node.extend(_toposort(nodes, {i.name for i in g.input} | set(inits) |
-                            {t.name for t in new_inits}))
+    g.node.extend(toposort(nodes, {i.name for i in g.input} | set(inits) |
+                           {t.name for t in new_inits}, what="the FP16 model"))
     used = {t for n in g.node for t in n.input}
     kept = [t for t in g.initializer if t.name in used] + new_inits
     del g.initializer[:]
@@ -178,22 +180,6 @@ def _retype_attrs(node) -> None:
                                                  a.t.name))
         if node.op_type == "Cast" and a.name == "to" and a.i == _FLOAT:
             a.i = _HALF
-
-
-def _toposort(nodes, available: set) -> list:
-    avail, pending, out = set(available), list(nodes), []
-    while pending:
-        rest = []
-        for n in pending:
-            if all(not i or i in avail for i in n.input):
-                out.append(n)
-                avail.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            raise RuntimeError("cycle while ordering the FP16 model")
-        pending = rest
-    return out
 
 
 def float_regions(model) -> dict[str, int]:

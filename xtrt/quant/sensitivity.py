@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from xtrt.model.graph import toposort
 from xtrt.trt.rules import QMAX, weight_axis
 
 __all__ = ["switchable_model", "layerwise_sensitivity"]
@@ -72,30 +73,13 @@ def switchable_model(model, cal, placement):
                 node.input[i] = mixed
         new_nodes.append(node)
     del g.node[:]
-    g.node.extend(_toposort(new_nodes, {i.name for i in g.input} |
-                            {i.name for i in g.initializer} | {e.name for e in extra_inputs}))
+    g.node.extend(toposort(new_nodes, {i.name for i in g.input} |
+                           {i.name for i in g.initializer} | {e.name for e in extra_inputs},
+                           what="the switchable model"))
     g.input.extend(extra_inputs)
     del g.value_info[:]
     onnx.checker.check_model(q)
     return q, switches
-
-
-def _toposort(nodes, available: set) -> list:
-    avail = set(available)
-    pending = list(nodes)
-    out = []
-    while pending:
-        rest = []
-        for n in pending:
-            if all((not i) or i in avail for i in n.input):
-                out.append(n)
-                avail.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            raise RuntimeError("cycle while ordering the switchable model")
-        pending = rest
-    return out
 
 
 def layerwise_sensitivity(model, cal, placement, batches: Sequence[dict[str, np.ndarray]], *,

@@ -23,6 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
 
+from xtrt.model.graph import from_constants
 from xtrt.trt.rules import (FUSIBLE_ACTIVATIONS, INT8_OP_TYPES, QMAX, WEIGHTED_OP_TYPES, commutes,
                             weight_axis, weight_input)
 
@@ -125,17 +126,8 @@ class _G:
         return self.values.get(name)
 
     def is_const(self, name: str) -> bool:
-        stack, seen = [name], set()
-        while stack:
-            cur = stack.pop()
-            if cur in seen or cur in self.inits or cur in self.values:
-                continue
-            seen.add(cur)
-            node = self.producer.get(cur)
-            if node is None:
-                return False
-            stack.extend(i for i in node.input if i)
-        return True
+        return from_constants(name, self.producer,
+                              lambda t: t in self.inits or t in self.values)
 
 
 def _conv_behind(g: _G, tensor: str, placed: set[str]):
