@@ -147,6 +147,30 @@ def _variant_row(bench, v: str, test_ev, sel_ev, a, left: float) -> dict:
         return {**base, "failed": f"failed: {_bench.one_line(exc)}"}
 
 
+def _rendered_rows(files: Sequence[str]) -> list[dict]:
+    """Rows of ``files`` (this script's and compare.py's), one per (model, variant), sorted by
+    model then variant order."""
+    names = {"xtrt-default": "effort=default", "xtrt-best": "effort=best",
+             "xtrt-fast": "effort=fast"}
+    out: dict[tuple, dict] = {}
+    for f in files:
+        for ln in Path(f).read_text().splitlines():
+            if not ln.strip():
+                continue
+            r = json.loads(ln)
+            if "tool" in r:
+                if r["tool"] not in names:
+                    continue
+                info = r.get("info") or {}
+                r = {**r, "variant": names[r["tool"]], "method": info.get("method", "-"),
+                     "search": info.get("search")}
+            out.setdefault((r.get("key"), r["variant"]), r)
+    order = {k: i for i, k in enumerate(_bench.SPEC)}
+    vorder = {v: i for i, v in enumerate(VARIANTS)}
+    return sorted(out.values(), key=lambda r: (order.get(r.get("key"), 99),
+                                               vorder.get(r["variant"], 99)))
+
+
 def _context(m: str, work: Path, variants: str):
     """(bench, test evaluator, selection evaluator or None) of model ``m``."""
     bench = _bench.load_bench(m, work)
@@ -170,7 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   "already there are kept and not re-run")
     p.add_argument("--timeout", type=float, default=420, help="seconds per variant")
     p.add_argument("--budget", type=float, default=1e9, help="seconds for the whole run")
+    p.add_argument("--render", nargs="+", metavar="JSONL",
+                   help="run nothing: print the table from rows of earlier --json runs of this "
+                        "script and of compare.py (its xtrt-default / xtrt-best rows are the "
+                        "effort=default / effort=best variants: same images, same scorer)")
     a = p.parse_args(argv)
+    if a.render:
+        print(render(_rendered_rows(a.render)))
+        return 0
     t_start = time.perf_counter()
     rows = []
     if a.json and Path(a.json).is_file():
