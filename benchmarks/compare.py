@@ -234,6 +234,17 @@ def _one_line(exc: BaseException) -> str:  # noqa: D103
     return f"{type(exc).__name__}: {msg[:200]}"
 
 
+def _engine_error(errors: Sequence[str]) -> str:
+    """The builder's first error, without its API prefix and source location, in one cell."""
+    import re
+
+    if not errors:
+        return "build failed"
+    msg = re.sub(r"^IBuilder::\w+: Error Code \d+: ", "", errors[0])
+    msg = re.sub(r"\. If this constant.*$|In \w+ at /_src\S*\)?$", "", msg).strip()
+    return msg[:150]
+
+
 def render(rows: Sequence[dict]) -> str:
     out = ["| model | tool | calibrate+export s (wall) | CPU s | fidelity vs FP32, test part "
            "[95 % interval] | compute layers in float | Q/DQ nodes | lint errors / warnings | "
@@ -249,8 +260,7 @@ def render(rows: Sequence[dict]) -> str:
         if not e.get("available"):
             acc = ic = fo = "-"
         else:
-            acc = ("yes" if e["accepted"] else "NO: " + (e["errors"][0][:90] if e["errors"]
-                                                         else "build failed"))
+            acc = "yes" if e["accepted"] else "NO: " + _engine_error(e["errors"])
             acc += " (body)" if e.get("body_only") and e["accepted"] else ""
             ic = f"{e['int8_convolutions']}/{e['convolutions']}" if e["accepted"] else "-"
             fo = str(e["float_outside"]) if e["accepted"] else "-"
@@ -426,7 +436,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _write(rows, a)
 
 
+def _unique(rows: Sequence[dict]) -> list[dict]:
+    """One row per (model, tool): a measured row over a 'not run' one, else the first."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        k = (r.get("key", r["model"]), r["tool"])
+        if k not in out or str(out[k].get("failed", "")).startswith("not run"):
+            out[k] = r
+    return list(out.values())
+
+
 def _write(rows, a) -> int:
+    rows = _unique(rows)
     order = {k: i for i, k in enumerate(_bench.SPEC)}
     tool_order = {t: i for i, t in enumerate(LABELS)}
     rows = sorted(rows, key=lambda r: (order.get(r.get("key"), 99),

@@ -164,7 +164,9 @@ def _rendered_rows(files: Sequence[str]) -> list[dict]:
                 info = r.get("info") or {}
                 r = {**r, "variant": names[r["tool"]], "method": info.get("method", "-"),
                      "search": info.get("search")}
-            out.setdefault((r.get("key"), r["variant"]), r)
+            k = (r.get("key"), r["variant"])
+            if k not in out or (out[k].get("failed") and not r.get("failed")):
+                out[k] = r      # a measured row over a failed / not-run one
     order = {k: i for i, k in enumerate(_bench.SPEC)}
     vorder = {v: i for i, v in enumerate(VARIANTS)}
     return sorted(out.values(), key=lambda r: (order.get(r.get("key"), 99),
