@@ -113,7 +113,9 @@ def _run(job) -> QuantResult:
         with t("fallback"):
             first = ev_int8 if selector is evaluator else selector.evaluate_model(qmodel) \
                 if cfg.analysis.target is not None else None
-            fb = run_target_fallback(cfg, prepared, calibrated, analysis, selector, first)
+            fb = run_target_fallback(cfg, prepared, calibrated, analysis, selector, first,
+                                     test=evaluator, precision_batches=_precision_batches(cal_src)) \
+                if cfg.analysis.target is not None else None
         final_placement, final_eval, final_model = placement, ev_int8, qmodel
         if fb is not None and fb.qmodel is not None:
             final_placement, final_model = fb.placement, fb.qmodel
@@ -156,14 +158,20 @@ def _engine(cfg, model) -> dict | None:
     return judged
 
 
-def _precision(cfg, prepared, qmodel, cal_src, evaluator):
-    """FP16 or FP32 outside the Q/DQ pairs; both exports' fidelity (xtrt.quant.precision)."""
+def _precision_batches(cal_src) -> list:
+    """The calibration feeds the FP16 keep-list is measured on (the fallback's trials and the
+    precision stage use the same, so the written model is the one the fallback judged)."""
     import itertools
 
+    return [b.feeds for b in itertools.islice(iter(cal_src), 2)]
+
+
+def _precision(cfg, prepared, qmodel, cal_src, evaluator):
+    """FP16 or FP32 outside the Q/DQ pairs; both exports' fidelity (xtrt.quant.precision)."""
     from xtrt.quant.precision import precision_stage
 
-    return precision_stage(cfg.export.float_precision, qmodel,
-                           [b.feeds for b in itertools.islice(iter(cal_src), 2)], evaluator.data,
+    return precision_stage(cfg.export.float_precision, qmodel, _precision_batches(cal_src),
+                           evaluator.data,
                            plugin_nodes=prepared.tail_nodes, device=cfg.device,
                            rtol=evaluator.rtol, atol=evaluator.atol)
 

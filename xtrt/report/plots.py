@@ -192,6 +192,12 @@ def plot_fallback_tradeoff(trials: Sequence[Mapping[str, Any]], metric_name: str
         ax.scatter([], [], c="tab:green", s=36, label="meets target")
     if any(p is False for p in passed):
         ax.scatter([], [], c="0.45", s=36, label="below target")
+    tests = [(xi, float(t["test_metric"])) for xi, t in zip(x, rows)
+             if t.get("test_metric") is not None]
+    if tests:                      # the same trials on the test images (nothing chosen on them)
+        tx, ty = zip(*sorted(tests))
+        ax.plot(tx, ty, color="tab:purple", lw=1, ls=":", marker="s", mfc="none", ms=6,
+                zorder=2, label="same trials on the test images")
     star = [(xi, yi) for xi, yi, t in zip(x, y, rows) if t.get("chosen")]
     if star:
         ax.scatter(*zip(*star), marker="*", s=260, facecolors="none", edgecolors="tab:orange",
@@ -200,7 +206,7 @@ def plot_fallback_tradeoff(trials: Sequence[Mapping[str, Any]], metric_name: str
         ax.axhline(float(target), color="tab:red", ls="--", lw=1, label=f"target {float(target):.4g}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layers kept in FP32")
-    ax.set_ylabel(metric_name)
+    ax.set_ylabel(metric_name + (" (dots: selection images, the search's)" if tests else ""))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
