@@ -101,15 +101,18 @@ def rank_layers(kind: str, prepared, cal, placement, batches: Sequence[dict], *,
 def search_float_layers(s: FallbackSettings, prepared, cal, placement, selector, *,
                         precision_batches: Sequence[dict] = (), ranking_batches: Sequence[dict] = (),
                         layerwise: dict[str, float] | None = None, first=None, test=None,
+                        ranked: tuple[list[str], dict] | None = None,
                         device: str = "cpu") -> FallbackOutcome:
     """Search the float layers for ``s.goal`` on ``selector``'s images (``first``: the all-INT8
-    figure when it is already known for this precision); every trial also on ``test``."""
+    figure when it is already known for this precision); every trial also on ``test``.
+    ``ranked``: ``(order, info)`` from :func:`rank_layers` when already computed."""
     from xtrt.analysis.fallback import run_fallback
     from xtrt.quant.verify import metric_value
 
-    order, info = rank_layers(s.ranking, prepared, cal, placement, ranking_batches,
-                              layerwise=layerwise, steps=s.rerank_steps,
-                              candidates=s.rerank_candidates, device=device)
+    order, info = ranked if ranked is not None else rank_layers(
+        s.ranking, prepared, cal, placement, ranking_batches, layerwise=layerwise,
+        steps=s.rerank_steps, candidates=s.rerank_candidates, device=device)
+    info = dict(info)
     cache: dict[frozenset, tuple] = {}
 
     def trial(fp32_layers: list[str]):

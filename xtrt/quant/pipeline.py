@@ -111,11 +111,9 @@ def _run(job) -> QuantResult:
             scatter = _scatter(prepared, qmodel, analysis.worst, evaluator, cfg.device,
                                worst_layer_values)
         with t("fallback"):
-            first = ev_int8 if selector is evaluator else selector.evaluate_model(qmodel) \
-                if cfg.analysis.target is not None else None
-            fb = run_target_fallback(cfg, prepared, calibrated, analysis, selector, first,
-                                     test=evaluator, precision_batches=_precision_batches(cal_src)) \
-                if cfg.analysis.target is not None else None
+            fb = run_target_fallback(cfg, prepared, calibrated, analysis, selector, ev_int8 if
+                                     selector is evaluator else None, test=evaluator,
+                                     precision_batches=_precision_batches(cal_src))
         final_placement, final_eval, final_model = placement, ev_int8, qmodel
         if fb is not None and fb.qmodel is not None:
             final_placement, final_model = fb.placement, fb.qmodel
