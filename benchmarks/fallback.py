@@ -49,15 +49,15 @@ TARGET = {"effnet": ("top1", 0.98), "yolo": ("map50_95", 0.95)}
 RANKINGS = ("float_alone", "greedy", "int8_alone")
 
 
-def calibrate_best(bench, work: Path):
-    """``(cfg, prepared, placement, cal, cal_src, seconds)`` for effort best (cached)."""
+def calibrate_best(bench, work: Path, effort: str = "best"):
+    """``(cfg, prepared, placement, cal, cal_src, seconds)`` for ``effort`` (cached)."""
     from xtrt.quant import techniques
     from xtrt.quant.calibrate import calibrate
 
-    cfg = techniques.resolve(bench.config(["quantization.effort=best"]))
+    cfg = techniques.resolve(bench.config([f"quantization.effort={effort}"]))
     prepared, placement = _bench.prepare(bench, cfg)
     cal_src = _bench.batches(bench, cfg, prepared, bench.cal, cfg.calibration.batch_size)
-    cache = work / f"fallback_{bench.key}_best_cal.pkl"
+    cache = work / f"fallback_{bench.key}_{effort}_cal.pkl"
     if cache.exists():
         cal, quantize, seconds = pickle.loads(cache.read_bytes())
     else:
@@ -119,7 +119,7 @@ def run_search(ctx, ranking: str, strategy: str, ranked, *, max_trials: int, per
 
 
 def run_model(key: str, work: Path, k_max: int, rankings: Sequence[str], *,
-              test_curve: Sequence[str] = (), old: bool = True) -> dict:
+              test_curve: Sequence[str] = (), old: bool = True, effort: str = "best") -> dict:
     import itertools
 
     from xtrt.quant.fallback import rank_layers
@@ -127,17 +127,18 @@ def run_model(key: str, work: Path, k_max: int, rankings: Sequence[str], *,
 
     _compat()
     bench = _bench.load_bench(key, work)
-    cfg, prepared, placement, cal, cal_src, cal_s = calibrate_best(bench, work)
+    cfg, prepared, placement, cal, cal_src, cal_s = calibrate_best(bench, work, effort)
     head = [b.feeds for b in itertools.islice(iter(cal_src), 2)]
     sel, test = _bench.evaluator(bench, bench.sel, "selection"), _bench.evaluator(bench, bench.test, "test")
     print(f"{bench.label}: {len(bench.cal)} calibration, {len(bench.sel)} selection, "
-          f"{len(bench.test)} test images; effort best calibration {cal_s} s", file=sys.stderr,
+          f"{len(bench.test)} test images; effort {effort} calibration {cal_s} s", file=sys.stderr,
           flush=True)
     t0 = time.perf_counter()
     lw = layerwise_sensitivity(prepared.body, cal, placement, head[:1])
     ctx = {"prepared": prepared, "cal": cal, "placement": placement, "prec": head, "sel": sel,
            "test": test, "layerwise": lw, "target": TARGET[key]}
     row = {"model": bench.label, "key": key, "target": TARGET[key], "calibration_s": cal_s,
+           "effort": effort,
            "layers": len(placement.quantize), "layerwise_s": round(time.perf_counter() - t0, 1),
            "images": {"calibration": len(bench.cal), "selection": len(bench.sel),
                       "test": len(bench.test)}, "rankings": {}, "searches": []}
@@ -190,7 +191,7 @@ def plot(row: dict, path: Path) -> Path:
     ax.axhline(goal, color="tab:red", ls="--", lw=1, label=f"target {goal:g}")
     ax.set_xlabel("layers kept in float (FP16 export): the bisect search's trials")
     ax.set_ylabel("top-1 agreement with FP32" if metric == "top1" else "mAP50-95 vs FP32")
-    ax.set_title(f"{row['model']}: fallback trade-off on effort best (minmax + LSQ 20)")
+    ax.set_title(f"{row['model']}: fallback trade-off on effort {row.get('effort', 'best')}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -208,13 +209,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--test-curve", default="float_alone,greedy",
                    help="rankings whose bisect trials are all scored on the test part too")
     p.add_argument("--no-old", action="store_true", help="skip the ranked/greedy strategies")
+    p.add_argument("--effort", default="best", help="quantization.effort under the fallback")
     p.add_argument("--work", default="/tmp/xtrt-bench")
     p.add_argument("--json", help="append one row per model to this JSON-lines file")
     p.add_argument("--png-dir", default=str(Path(__file__).resolve().parent))
     a = p.parse_args(argv)
     for m in [x.strip() for x in a.models.split(",") if x.strip()]:
         row = run_model(m, Path(a.work), a.curve, [r for r in a.rankings.split(",") if r],
-                        test_curve=a.test_curve.split(","), old=not a.no_old)
+                        test_curve=a.test_curve.split(","), old=not a.no_old, effort=a.effort)
         png = plot(row, Path(a.png_dir) / f"fallback_{m}.png")
         print(f"{row['model']}: curve in {png}", file=sys.stderr)
         if a.json:
