@@ -22,7 +22,7 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["DeviceFeed", "bind_inputs"]
+__all__ = ["DeviceFeed", "bind_inputs", "run_fed"]
 
 
 def _torch_dtype(dtype: np.dtype):
@@ -99,6 +99,8 @@ class DeviceFeed:
         slot = self._slot           # buffer is overwritten
         self._slot = (self._slot + 1) % self.slots
         out = {}
+        if self.cuda:   # after the work queued so far (which may still read an older slot)
+            self._stream.wait_stream(torch.cuda.current_stream(self.device))
         ctx = torch.cuda.stream(self._stream) if self.cuda else _null()
         with ctx:
             for name, arr in feeds.items():
@@ -142,12 +144,27 @@ def _ptr(a: np.ndarray) -> int:
 
 
 def bind_inputs(binding, tensors: Mapping[str, object], device_id: int = 0) -> None:
-    """Bind contiguous device torch tensors as ONNX Runtime inputs of ``binding`` (ORT reads them
-    in place: keep the tensors alive until the run is over)."""
+    """Bind contiguous torch tensors (CUDA; CPU ones bind as CPU inputs) as ONNX Runtime inputs
+    of ``binding``; ORT reads them in place: keep the tensors alive until the run is over."""
     import torch
 
     for name, t in tensors.items():
         if not t.is_contiguous():
             raise ValueError(f"input {name!r}: bind a contiguous tensor")
         np_dtype = np.dtype(torch.empty(0, dtype=t.dtype).numpy().dtype)
-        binding.bind_input(name, "cuda", device_id, np_dtype.type, tuple(t.shape), t.data_ptr())
+        binding.bind_input(name, t.device.type, device_id, np_dtype.type, tuple(t.shape),
+                           t.data_ptr())
+
+
+def run_fed(session, feeds: Mapping[str, np.ndarray], output_names, feeder: DeviceFeed
+            ) -> list[np.ndarray]:
+    """``session.run(output_names, feeds)`` on CUDA with the inputs copied through ``feeder``
+    (pinned buffers, asynchronous copy) and bound in place; outputs come back as numpy arrays."""
+    dev = feeder.put(feeds)
+    feeder.wait()
+    binding = session.io_binding()
+    bind_inputs(binding, dev, feeder.device_id)
+    for name in output_names:
+        binding.bind_output(name, feeder.device.type, feeder.device_id)
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()
