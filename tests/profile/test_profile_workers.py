@@ -152,14 +152,20 @@ def test_workers_line_says_what_to_fix_and_by_how_much():
                         _row(8, 651.0, "GPU-bound", 0.05, 0.80, 0.80))
     assert text.startswith("CPU-bound at batch 32 with 1 decode thread (decode+preprocess 87%); "
                            "with 8 workers: GPU-bound, 3.1x more images/s (210.0 -> 651.0); "
-                           "fix: the model is the limit now (inference 80% of the step)")
+                           "fix: decode with 8 workers; then the model is the limit (inference "
+                           "80% of the step): a faster model (INT8, a TensorRT engine)")
     still = workers_line(_row(1, 100.0, "preprocessing-bound", 0.9, 0.1),
                          _row(2, 101.0, "preprocessing-bound", 0.85, 0.1))
     assert "1.0x more images/s" in still and "the input pipeline is still the limit" in still
     assert still.endswith("2 workers gain nothing here: the cores are already busy")
     slower = workers_line(_row(1, 100.0, "inference-bound", 0.1, 0.8),
                           _row(2, 80.0, "balanced", 0.3, 0.4))
-    assert "0.8x fewer images/s" in slower and "both matter" in slower
+    assert "0.8x the images/s (slower)" in slower and "both matter" in slower
+    assert slower.endswith("the 2 workers slow inference down (they share its cores)")
+    model = workers_line(_row(1, 100.0, "inference-bound", 0.1, 0.8),
+                         _row(2, 102.0, "inference-bound", 0.0, 0.9))
+    assert "fix: the model is the limit (inference 90% of the step)" in model
+    assert model.endswith("more decode workers change little")
 
 
 def test_cuda_row_without_trace_estimates_busy_from_inference():

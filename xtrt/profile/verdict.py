@@ -188,18 +188,23 @@ def workers_line(today: WorkersRow, row: WorkersRow) -> str:
     ratio = row.throughput_ips / today.throughput_ips if today.throughput_ips > 0 else 0.0
     head = (f"{today.label} at batch {today.batch} with 1 decode thread "
             f"(decode+preprocess {today.input_share:.0%})")
-    more = "more" if ratio >= 1 else "fewer"
-    tail = (f"with {row.workers} workers: {row.label}, {ratio:.1f}x {more} images/s "
+    gain = f"{ratio:.1f}x more images/s" if ratio >= 1 else f"{ratio:.1f}x the images/s (slower)"
+    tail = (f"with {row.workers} workers: {row.label}, {gain} "
             f"({today.throughput_ips:.1f} -> {row.throughput_ips:.1f})")
     if row.label in INPUT_BOUND:
         fix = (f"the input pipeline is still the limit (the step waits {row.input_share:.0%} for "
                "decode+preprocess): more cores/workers or cheaper decoding and preprocessing")
+    elif row.label in MODEL_BOUND and today.label not in MODEL_BOUND:
+        fix = (f"decode with {row.workers} workers; then the model is the limit (inference "
+               f"{row.inference_share:.0%} of the step): a faster model (INT8, a TensorRT engine)")
     elif row.label in MODEL_BOUND:
-        fix = (f"the model is the limit now (inference {row.inference_share:.0%} of the step): "
-               f"decode with {row.workers} workers, then a faster model (INT8, a TensorRT engine)")
+        fix = (f"the model is the limit (inference {row.inference_share:.0%} of the step): a faster "
+               "model (INT8, a TensorRT engine); more decode workers change little")
     else:
         fix = (f"input ({row.input_share:.0%} waiting) and inference ({row.inference_share:.0%}) "
                "are close: both matter")
     if ratio < 1.05 and today.label in INPUT_BOUND:
         fix += f"; {row.workers} workers gain nothing here: the cores are already busy"
+    elif ratio < 0.95:
+        fix += f"; the {row.workers} workers slow inference down (they share its cores)"
     return f"{head}; {tail}; fix: {fix}"
