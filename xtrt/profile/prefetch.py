@@ -54,8 +54,9 @@ class PrefetchFeed:
         self.depth = depth or max(2, -(-2 * self.workers // self.batch_size))
         shape = (self.batch_size, *self.sample_shape)
         alloc = alloc or (lambda tag, shp, dt: np.empty(shp, dt))
-        self._buffers = [alloc(i, shape, self.dtype) for i in range(self.depth + 1)]
-        self._free = deque(range(self.depth + 1))
+        n_buffers = self.depth + 1               # the window: the batch held + depth ahead
+        self._buffers = [alloc(i, shape, self.dtype) for i in range(n_buffers)]
+        self._free = deque(range(len(self._buffers)))
         self._pending: deque = deque()          # (slot, futures)
         self._current: int | None = None
         self._cycle = itertools.cycle(self.files)
@@ -75,7 +76,7 @@ class PrefetchFeed:
         self._buffers[slot][row] = x    # the cast np.stack(...).astype(dtype) would make
 
     def _top_up(self) -> None:
-        while self._free and len(self._pending) < self.depth:
+        while self._free:            # every free buffer is being filled
             slot = self._free.popleft()
             futs = [self._pool.submit(self._fill_one, slot, i, next(self._cycle))
                     for i in range(self.batch_size)]
