@@ -290,3 +290,25 @@ def test_overlapped_configs_with_ppqs_own_calibration(workdir, name):
     ref = make_session(src).run(None, feeds)[0]
     got = make_session(out / "quantized.onnx").run(None, feeds)[0]
     assert sqnr_db(ref, got) > SQNR_FLOOR_DB
+
+
+def test_fp16_export_float_layers_carry_the_reports_reason(workdir):
+    """softmax_head: TensorRT-RTX fuses the Softmax writing the float32 graph output ``prob``
+    into a Float layer (FP16 export as well as FP32); the report names why (graph outputs keep
+    their types), so no Float layer of the written model is unexplained."""
+    from xtrt.lint.trt_rtx import trt_rtx_available
+
+    if not trt_rtx_available():
+        pytest.skip("TensorRT-RTX bindings not installed")
+    rc, _, out, err = quantize(workdir, "softmax_head", export={"float_precision": "fp16"})
+    assert rc == 0, err
+    eng = json.loads((out / "report.json").read_text())["engine"]
+    assert eng["accepted"] and eng["int8_convolutions"] == eng["convolutions"] == 1
+    (island,) = eng["fp32_islands"]
+    assert "softmax" in island["onnx_nodes"] and island["unexplained"] == []
+    assert island["reason"].startswith("softmax: writes graph output prob, which keeps its "
+                                       "float32 type")
+    assert eng["unexplained_fp32_islands"] == 0
+    contrast = eng["fp32_export"]         # the FP32 export, for contrast
+    assert contrast["accepted"] and contrast["int8_convolutions"] == 1
+    assert [x["reason"] for x in contrast["fp32_islands"]] == [island["reason"]]

@@ -22,7 +22,7 @@ import numpy as np
 
 from xtrt.model.graph import toposort
 
-__all__ = ["FP16_SAFE", "convert_fp16", "fp32_reasons", "float_regions"]
+__all__ = ["FP16_SAFE", "convert_fp16", "fp32_reasons", "float_regions", "output_writers"]
 
 FP16_SAFE = 8192.0
 _FLOAT, _HALF = 1, 10          # onnx.TensorProto.FLOAT / FLOAT16
@@ -196,3 +196,22 @@ def float_regions(model) -> dict[str, int]:
         elif _HALF in ts:
             counts["fp16"] += 1
     return counts
+
+
+def output_writers(model) -> dict[str, str]:
+    """Node -> reason for the nodes that write a float32 graph output (through Casts): graph
+    outputs keep their types in the FP16 export, so a builder may compute the last op (e.g. a
+    Softmax fused with the output Cast) in float32 there."""
+    producer = {o: n for n in model.graph.node for o in n.output if o}
+    out: dict[str, str] = {}
+    for o in model.graph.output:
+        if o.type.tensor_type.elem_type != _FLOAT:
+            continue
+        n = producer.get(o.name)
+        while n is not None:
+            out.setdefault(n.name, f"writes graph output {o.name}, which keeps its float32 type "
+                                   "(graph inputs and outputs keep their types)")
+            if n.op_type != "Cast":
+                break
+            n = producer.get(n.input[0])
+    return out
