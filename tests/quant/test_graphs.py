@@ -312,3 +312,23 @@ def test_fp16_export_float_layers_carry_the_reports_reason(workdir):
     contrast = eng["fp32_export"]         # the FP32 export, for contrast
     assert contrast["accepted"] and contrast["int8_convolutions"] == 1
     assert [x["reason"] for x in contrast["fp32_islands"]] == [island["reason"]]
+
+
+def test_written_model_records_what_it_keeps_float(workdir, tmp_path):
+    """A layer the placement keeps float (here excluded by config) is recorded in quantized.onnx
+    itself (xtrt.trt.kept_float), so the model linted alone, without quant_cfg.json, reports it
+    as kept float by the exporter, not as a hazard."""
+    import shutil
+
+    from xtrt.lint.qdq import hazard_counts, kept_float, lint_qdq
+    from xtrt.trt.kept_float import read_kept_float
+
+    rc, _, out, err = quantize(workdir, "gemm_transb1", quantization={"exclude_nodes": ["fc"]})
+    assert rc == 0, err
+    alone = shutil.copy(out / "quantized.onnx", tmp_path / "alone.onnx")   # no quant_cfg beside
+    q = onnx.load(alone)
+    assert read_kept_float(q) == {"fc": "excluded by config"}
+    found = lint_qdq(q)
+    assert hazard_counts(found) == {}
+    assert [f.message for f in kept_float(found)] == [
+        "Gemm fc kept float by the exporter: excluded by config"]
