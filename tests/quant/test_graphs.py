@@ -306,9 +306,14 @@ def test_fp16_export_float_layers_carry_the_reports_reason(workdir):
     assert eng["accepted"] and eng["int8_convolutions"] == eng["convolutions"] == 1
     (island,) = eng["fp32_islands"]
     assert "softmax" in island["onnx_nodes"] and island["unexplained"] == []
-    assert island["reason"].startswith("softmax: writes graph output prob, which keeps its "
-                                       "float32 type")
+    assert island["reason"].startswith("softmax: writes graph output prob after the last INT8 "
+                                       "layer; graph outputs keep their float32 type")
     assert eng["unexplained_fp32_islands"] == 0
+    fid = json.loads((out / "report.json").read_text())["float_precision"]["fidelity"]
+    # the resolution of the FP16-vs-FP32 figure: how far the FP32 export moves under a 1e-5
+    # input scaling (INT8 rounding flips alone; on this tiny model none flips)
+    assert 0 <= fid["resolution_db"] < 1 and "1 + 1e-05" in fid["resolution_how"]
+    assert abs(fid["delta_sqnr_db"]) <= 0.5
     contrast = eng["fp32_export"]         # the FP32 export, for contrast
     assert contrast["accepted"] and contrast["int8_convolutions"] == 1
     assert [x["reason"] for x in contrast["fp32_islands"]] == [island["reason"]]

@@ -58,6 +58,7 @@ class CorpusResult:
     fp32_sqnr_db: float | None = None
     fp16_sqnr_db: float | None = None
     fp16_delta_db: float | None = None
+    sqnr_resolution_db: float | None = None   # the figure's move under a 1e-5 input scaling
     fidelity: str = ""
     min_sqnr_db: float | None = None
     held_out: int | None = None
@@ -147,7 +148,8 @@ def _lint(res: CorpusResult, model) -> None:
 
 def _islands(judged: dict) -> list[dict]:
     return [{"layer": x.get("layer"), "type": x.get("type"), "onnx_nodes": x.get("onnx_nodes"),
-             "reason": x.get("reason")} for x in judged.get("fp32_islands") or []]
+             "reason": x.get("reason"), "unexplained": x.get("unexplained")}
+            for x in judged.get("fp32_islands") or []]
 
 
 def _trt(res: CorpusResult, report: dict, kept: dict[str, str]) -> None:
@@ -176,6 +178,7 @@ def _precision(res: CorpusResult, report: dict) -> None:
     res.fp32_sqnr_db = (fid.get("fp32") or {}).get("sqnr_db")
     res.fp16_sqnr_db = (fid.get("fp16") or {}).get("sqnr_db")
     res.fp16_delta_db = fid.get("delta_sqnr_db")
+    res.sqnr_resolution_db = fid.get("resolution_db")
     res.kept_fp32 = dict((report.get("float_precision") or {}).get("kept_fp32") or {})
 
 
