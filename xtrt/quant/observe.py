@@ -21,6 +21,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from xtrt.runtime.feed import DeviceFeed, bind_inputs
+
 __all__ = ["FAST_METHODS", "PERCENTILE", "collect_ranges", "collect_statistics", "batch_range",
            "OutputBuffers"]
 
@@ -89,6 +91,7 @@ class _StatsRunner:
         self.cuda = device == "cuda"
         self.torch = self.cuda if torch_reduce is None else bool(torch_reduce)  # tests: torch on CPU
         self._buffers = OutputBuffers(self._output_specs, self._allocate)
+        self._feed = DeviceFeed("cuda") if self.cuda else None
 
     def run(self, feeds: dict[str, np.ndarray]) -> list:
         if not self.cuda:
@@ -98,16 +101,15 @@ class _StatsRunner:
             import torch
 
             return [torch.from_numpy(o) for o in outs]
-        import torch
-
         buffers = self._buffers.get(feeds)
         binding = self.sess.io_binding()
-        for n, a in feeds.items():
-            binding.bind_cpu_input(n, np.ascontiguousarray(a))
+        dev = self._feed.put(feeds)   # pinned buffers, asynchronous copy (xtrt.runtime.feed)
+        self._feed.wait()
+        bind_inputs(binding, dev, self._feed.device_id)
         bound = 0
         for n, b in zip(self.names, buffers):
             if n in feeds:    # a graph input: ORT leaves a buffer bound to it unwritten (seen on
-                b.copy_(torch.from_numpy(np.ascontiguousarray(feeds[n])))   # an H200): copy it
+                b.copy_(dev[n])                                            # an H200): copy it
             else:
                 binding.bind_output(n, "cuda", 0, _np_dtype(b).type, tuple(b.shape), b.data_ptr())
                 bound += 1
