@@ -167,10 +167,12 @@ def _trt(res: CorpusResult, report: dict, kept: dict[str, str]) -> None:
     res.float_islands = _islands(judged)
     contrast = judged.get("fp32_export")
     res.fp32_float_islands = _islands(contrast) if contrast else None
+    from xtrt.lint.trt_rtx import TrtLayer
+
     layers = judged.get("engine_layers") or []
-    res.convs_kept_float = sum(
-        1 for x in layers if "onvolution" in x.get("type", "") and "Int8" not in x.get("in", [])[:1]
-        and any(n in kept for n in x.get("onnx_nodes", [])))
+    res.convs_kept_float = sum(      # convolution layers the exporter recorded as kept float
+        1 for x in layers if TrtLayer(x.get("layer", ""), x.get("type", "")).is_convolution
+        and x.get("in", [])[:1] != ["Int8"] and any(n in kept for n in x.get("onnx_nodes", [])))
 
 
 def _precision(res: CorpusResult, report: dict) -> None:
