@@ -146,6 +146,17 @@ def softmax_head() -> onnx.ModelProto:
     return g.model([_inp()], [("prob", ["N", 4])], name="softmax_head")
 
 
+def small_channels() -> onnx.ModelProto:
+    """Stem (3 image channels), a 6-channel squeeze conv and its expand conv: channel counts
+    TensorRT pads in INT8 (fewer than 8, not a multiple of 4)."""
+    g = _G(6)
+    t = g.conv("input", 3, 8, name="stem")
+    s = g.conv(t, 8, 6, 1, name="squeeze6")
+    s = g.conv(s, 6, 8, 1, name="expand6")
+    y = g.conv(s, 8, 8, name="project")
+    return _classifier(g, y, 8, name="small_channels")
+
+
 def matmul_const() -> onnx.ModelProto:
     """MatMul with a constant [K, N] weight (output channel = axis 1) and a bias Add."""
     g = _G(5)
@@ -348,6 +359,7 @@ MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     "gemm_transb1": lambda: gemm(1),
     "matmul_const": matmul_const,
     "softmax_head": softmax_head,
+    "small_channels": small_channels,
     "conv_transpose": conv_transpose,
     "grouped_depthwise": grouped_depthwise,
     "avgpool_conv": avgpool_conv,

@@ -337,3 +337,22 @@ def test_written_model_records_what_it_keeps_float(workdir, tmp_path):
     assert hazard_counts(found) == {}
     assert [f.message for f in kept_float(found)] == [
         "Gemm fc kept float by the exporter: excluded by config"]
+
+
+def test_convolutions_tensorrt_pads_stay_float_with_the_reason(workdir):
+    """squeeze6 (8 -> 6) and expand6 (6 -> 8): TensorRT pads 6 channels in INT8; placement keeps
+    them float and says why, the stem (3 image channels) stays INT8, and the written model linted
+    alone has no small_channels hazard, only two layers kept float by the exporter."""
+    from xtrt.lint.qdq import hazard_counts, kept_float, lint_qdq
+
+    rc, _, out, err = quantize(workdir, "small_channels")
+    assert rc == 0, err
+    cfg = json.loads((out / "quant_cfg.json").read_text())
+    assert "stem" in cfg["int8_ops"] and "project" in cfg["int8_ops"]
+    assert {"squeeze6", "expand6"}.isdisjoint(cfg["int8_ops"])
+    reasons = cfg["float_ops"]
+    assert reasons["squeeze6"].startswith("output channels 6: TensorRT pads INT8 channels")
+    assert reasons["expand6"].startswith("input channels 6: TensorRT pads INT8 channels")
+    found = lint_qdq(onnx.load(out / "quantized.onnx"))
+    assert hazard_counts(found) == {}
+    assert sorted(f.node for f in kept_float(found)) == ["expand6", "squeeze6"]
