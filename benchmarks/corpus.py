@@ -105,6 +105,17 @@ def row(entry, res: CorpusResult | None) -> list[str]:
                    _trt_cell(res), _islands_cell(res), _fp16_cell(res), f"{res.fidelity}{held}"]
 
 
+def _grouped(reason: str | None) -> str | None:
+    """'a: why; b: why' (explain_islands' per-node reasons) as 'why (a, b)'."""
+    if not reason:
+        return reason
+    by: dict[str, list[str]] = {}
+    for part in reason.split("; "):
+        node, _, why = part.partition(": ")
+        by.setdefault(why or node, []).append(node if why else "")
+    return "; ".join(f"{why} ({', '.join(n for n in nodes if n)})" for why, nodes in by.items())
+
+
 def details(res: CorpusResult) -> list[str]:
     """What each model keeps float and why: the exporter's record (lint), the FP16 export's FP32
     nodes, and every Float engine layer of both exports with the reason the report gives."""
@@ -115,7 +126,7 @@ def details(res: CorpusResult) -> list[str]:
         for x in islands or []:
             nodes = ", ".join(x.get("onnx_nodes") or [])
             out.append(f"- Float engine layer, {label}: {x.get('type')} [{nodes}]: "
-                       f"{x.get('reason') or 'no reason recorded'}")
+                       f"{_grouped(x.get('reason')) or 'no reason recorded'}")
     return [f"**{res.name}**", ""] + out + [""] if out else []
 
 
@@ -169,22 +180,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", default=None)
     p.add_argument("--out", help="also write the table to this markdown file")
     p.add_argument("--json", help="write the raw results to this JSON file")
+    p.add_argument("--render", metavar="JSON",
+                   help="only render the table from a --json file of an earlier run")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     rows, notes, raw, more = [], [], [], []
+    done = {r["name"]: CorpusResult(**r) for r in json.loads(Path(a.render).read_text())} \
+        if a.render else None
     for entry in load_manifest():
         if a.only and entry.name not in a.only:
             continue
-        if not is_installed(entry):
-            rows.append(row(entry, None))
-            continue
-        model = materialize(entry, a.work)
-        res = run_and_check(entry.name, model, write_config(entry, model, a.work))
+        if done is not None or not is_installed(entry):
+            if done is None or entry.name not in done:
+                rows.append(row(entry, None))
+                continue
+        if done is not None:
+            res = done[entry.name]
+        else:
+            model = materialize(entry, a.work)
+            res = run_and_check(entry.name, model, write_config(entry, model, a.work))
         rows.append(row(entry, res))
         notes += failures(res)
         more += details(res) if res.quant_ok else []
         raw.append(res.to_dict())
-        print(f"{entry.name}: done", file=sys.stderr, flush=True)
+        if done is None:
+            print(f"{entry.name}: done", file=sys.stderr, flush=True)
     text = render(rows, notes, more)
     print(text)
     if a.out:
