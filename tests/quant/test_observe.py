@@ -197,8 +197,9 @@ def test_output_buffers_are_made_once_per_input_shape():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_runner_short_last_batch_matches_cpu(tmp_path):
-    """On CUDA the outputs land in device buffers made once per batch shape (no host round trip
-    to learn them); full, short, full batches give the CPU session's values."""
+    """On CUDA the outputs land in device buffers made once (shapes from shape inference, a short
+    batch padded into the full batch's buffers); full, short, full batches give the CPU
+    session's values."""
     from xtrt.quant.observe import _StatsRunner
     from xtrt.runtime.session import cuda_ep_available
 
@@ -219,7 +220,7 @@ def test_cuda_runner_short_last_batch_matches_cpu(tmp_path):
             if not np.allclose(g.cpu().numpy(), w, atol=2e-3 * max(1.0, float(np.abs(w).max()))):
                 bad.append((i, name))
     assert not bad, f"(batch, tensor) differing from the CPU session: {bad}"
-    assert gpu._buffers.made == 2
+    assert gpu._buffers.made == 1 and gpu.padded == 2
 
 
 def _torch_runner(monkeypatch, **kw):
@@ -296,3 +297,59 @@ def test_buffer_shapes_come_from_shape_inference(tmp_path):
     odd.CopyFrom(model)
     odd.graph.input[0].type.tensor_type.shape.dim.pop()     # rank no longer matches the feeds
     assert _inferred_specs(odd, names, feeds) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_statistics_of_every_method_match_cpu(tmp_path):
+    """collect_statistics on CUDA (device-side accumulators, a padded short last batch, the kept
+    session on the second call) gives the CPU figures of all four methods."""
+    import xtrt.quant.observe as observe
+    from xtrt.runtime.session import cuda_ep_available
+
+    if not cuda_ep_available():
+        pytest.skip("needs onnxruntime-gpu")
+    model = onnx.load(make_classifier(tmp_path / "m.onnx"))
+    rng = np.random.default_rng(2)
+    batches = [{"input": rng.random((b, 3, 32, 32), dtype=np.float32)} for b in (4, 4, 3)]
+    tensors = ["input", "c1", "r1"]
+    methods = ["percentile", "minmax", "kl", "mse"]
+    want = observe.collect_statistics(model, tensors, lambda: iter(batches), methods)
+    for _ in range(2):
+        got = observe.collect_statistics(model, tensors, lambda: iter(batches), methods,
+                                         device="cuda")
+        for m in ("percentile", "minmax"):
+            for t in tensors:
+                span = max(abs(v) for v in want[m]["ranges"][t])
+                assert got[m]["ranges"][t] == pytest.approx(want[m]["ranges"][t], abs=2e-3 * span)
+        for m in ("kl", "mse"):
+            for t in tensors:
+                assert got[m]["hists"][t][0].sum() == want[m]["hists"][t][0].sum()
+                assert got[m]["hists"][t][1] == pytest.approx(want[m]["hists"][t][1], rel=1e-3)
+    runner = next(iter(observe._RUNNERS.values()))
+    assert runner.padded == 4 and runner._buffers.made == 1     # 2 calls x 2 passes
+    observe.release_sessions()
+    assert not observe._RUNNERS
+
+
+def test_cuda_runner_is_kept_for_the_same_model_and_tensors(tmp_path, monkeypatch):
+    """The CUDA statistics runner (session, cuDNN plans, buffers) is reused when the same model
+    and tensors come again, replaced for others, and dropped by release_sessions."""
+    import xtrt.quant.observe as observe
+
+    made = []
+
+    class Fake:
+        def __init__(self, model, tensors, device, **_):
+            made.append(tuple(tensors))
+    monkeypatch.setattr(observe, "_StatsRunner", Fake)
+    model = onnx.load(make_classifier(tmp_path / "m.onnx"))
+    a = observe._runner(model, ["input", "c1"], "cuda")
+    assert observe._runner(model, ["input", "c1"], "cuda") is a
+    assert observe._runner(model, ["c1"], "cuda") is not a
+    observe.release_sessions()
+    observe._runner(model, ["c1"], "cuda")
+    observe._runner(model, ["c1"], "cpu")                   # CPU runners are not kept
+    observe._runner(model, ["c1"], "cpu")
+    assert made == [("input", "c1"), ("c1",), ("c1",), ("c1",), ("c1",)]
+    observe.release_sessions()

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 __all__ = ["FAST_METHODS", "PERCENTILE", "collect_ranges", "collect_statistics", "batch_range",
-           "OutputBuffers"]
+           "OutputBuffers", "release_sessions"]
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,35 @@ def collect_ranges(model, tensors: Sequence[str], batches: Iterable[dict[str, np
     """(low, high) per tensor of ``model`` over ``batches`` (see the module docstring)."""
     if method not in ("percentile", "minmax"):
         raise ValueError(f"collect_ranges supports percentile and minmax, not {method!r}")
-    runner = _StatsRunner(model, tensors, device)
+    runner = _runner(model, tensors, device)
     acc = _RangeAcc(runner, [method])
     for feeds in _bar(batches, progress):
         acc.add(runner.run(feeds))
     return acc.ranges(method) if acc.rows[method] else {}
+
+
+_RUNNERS: dict[tuple, "_StatsRunner"] = {}     # the last CUDA statistics runner, reused
+
+
+def _runner(model, tensors: Sequence[str], device: str) -> "_StatsRunner":
+    """A statistics runner for ``model`` and ``tensors``.  On CUDA the last one is kept and
+    reused when the same model and tensors come again (method search, per-tensor choice,
+    a second method): its session, cuDNN plans and buffers are the per-call fixed cost."""
+    if device != "cuda":
+        return _StatsRunner(model, tensors, device)
+    import hashlib
+
+    key = (hashlib.sha1(model.SerializeToString()).hexdigest(), tuple(dict.fromkeys(tensors)))
+    found = _RUNNERS.get(key)
+    if found is None:
+        _RUNNERS.clear()                      # one at a time: its buffers are GPU memory
+        found = _RUNNERS[key] = _StatsRunner(model, tensors, device)
+    return found
+
+
+def release_sessions() -> None:
+    """Drop the kept CUDA statistics runner (its ORT session and torch buffers)."""
+    _RUNNERS.clear()
 
 
 def _bar(it, desc: str | None):
@@ -420,7 +444,7 @@ def collect_histograms(model, tensors: Sequence[str], batches: Sequence[dict[str
                        ) -> dict[str, tuple[np.ndarray, float]]:
     """Per tensor: (histogram of |x| as int64 [bins], bin width), over two passes of ``batches``."""
     bins = HIST_BINS[method]
-    runner = _StatsRunner(model, tensors, device)
+    runner = _runner(model, tensors, device)
     batches = list(batches)
     ranges = _RangeAcc(runner, ["minmax"])
     for feeds in _bar(batches, progress and f"{progress} (1/2)"):        # pass 1: the range
@@ -459,7 +483,7 @@ def collect_statistics(model, tensors: Sequence[str],
     unknown = [m for m in methods if m not in FAST_METHODS]
     if unknown:
         raise ValueError(f"unknown calibration method(s) {unknown}")
-    runner = _StatsRunner(model, tensors, device)
+    runner = _runner(model, tensors, device)
     names = runner.names
     hist_methods = [m for m in methods if m in HIST_BINS]
     ranges = _RangeAcc(runner, ["minmax"] + (["percentile"] if "percentile" in methods else []))
