@@ -148,13 +148,15 @@ def evaluator(bench: Bench, files, kind: str, device: str = "cpu"):
     """xtrt's Evaluator with FP32 references on ``files`` (the source model, as run_quant does)."""
     from xtrt.data.store import BatchStore
     from xtrt.model.load import dims_of, load_model
-    from xtrt.quant.evaluate import Evaluator, task_and_layout
+    from xtrt.analysis.task import infer_task
+    from xtrt.quant.evaluate import Evaluator
     from xtrt.quant.verify import prepare_eval
     from xtrt.runtime.split import SplitRunner
 
     cfg = bench.config()
     prepared, _ = prepare(bench, cfg)
-    task, layout = task_and_layout(cfg, [dims_of(o) for o in prepared.model.graph.output])
+    task, layout = infer_task([dims_of(o) for o in prepared.model.graph.output],
+                              cfg.evaluation.task, prepared.input_shape[2:4])
     t0 = time.perf_counter()
     ed = prepare_eval(SplitRunner(load_model(bench.model), device=device),
                       batches(bench, cfg, prepared, files, 4), task, layout,

@@ -127,7 +127,8 @@ def main(argv=None) -> int:
             warm = bool(observe._RUNNERS)
             with GpuMemory(a.device) as mem:
                 t = time.perf_counter()
-                cal = calibrate(cfg, pm, placement, batches, progress=False).result
+                cal = calibrate(cfg, pm, placement, batches, progress=False,
+                                keep_session=not a.cold).result
                 sec = time.perf_counter() - t
             runs.append({"seconds": sec, "statistics_s": stats_s.pop() if stats_s else None,
                          "session_reused": warm,

@@ -63,7 +63,6 @@ def _run(job) -> QuantResult:
     from xtrt.backend import ppq as ppq_backend
     from xtrt.quant.analyse import analyse, worst_layer_values
     from xtrt.quant.calibrate import calibrate
-    from xtrt.quant.observe import release_sessions
     from xtrt.quant.evaluate import build_evaluator
     from xtrt.quant.checks import check_evaluation, check_scales
     from xtrt.quant.export import export_qdq, tensor_scales
@@ -81,7 +80,6 @@ def _run(job) -> QuantResult:
                       "calibration data")
     with t("calibrate"):
         calibrated = calibrate(cfg, prepared, placement, cal_src, progress=job.progress)
-        release_sessions()        # the statistics session's GPU buffers are not needed again
     placement.quantize = [n for n in placement.quantize
                           if n in set(calibrated.result.quantized_ops)]
     check_scales(tensor_scales(prepared.model, calibrated.result, placement))
