@@ -315,6 +315,7 @@ def test_cuda_statistics_of_every_method_match_cpu(tmp_path):
     tensors = ["input", "c1", "r1"]
     methods = ["percentile", "minmax", "kl", "mse"]
     want = observe.collect_statistics(model, tensors, lambda: iter(batches), methods)
+    observe.release_sessions()              # an earlier test's runner (same model) is kept
     for _ in range(2):
         got = observe.collect_statistics(model, tensors, lambda: iter(batches), methods,
                                          device="cuda")

@@ -143,6 +143,10 @@ class _StatsRunner:
             self._full = shapes
             return feeds, None
         full = self._full
+        if set(shapes) == set(full) and all(len(s) == len(full[n]) and s[1:] == full[n][1:]
+                                            and s[0] > full[n][0] for n, s in shapes.items()):
+            self._full, self._full_out, self._pad_ok = shapes, None, None   # a larger batch
+            return feeds, None
         if shapes == full or set(shapes) != set(full) or any(
                 len(s) == 0 or len(s) != len(full[n]) or s[1:] != full[n][1:] or s[0] >= full[n][0]
                 for n, s in shapes.items()):
@@ -168,11 +172,13 @@ class _StatsRunner:
         import torch
 
         buffers = self._buffers.get(feeds)
-        binding = self._bindings.get(id(buffers))
+        kept = self._bindings.get(id(buffers))
+        binding = kept[1] if kept is not None and kept[0] is buffers else None   # ids are reused
         if binding is None:
             if len(self._bindings) >= self._buffers.keep:
                 self._bindings.clear()
-            binding = self._bindings[id(buffers)] = self.sess.io_binding()
+            binding = self.sess.io_binding()
+            self._bindings[id(buffers)] = (buffers, binding)
             for n, b in zip(self.names, buffers):
                 if n not in feeds:
                     binding.bind_output(n, "cuda", 0, _np_dtype(b).type, tuple(b.shape), b.data_ptr())
@@ -248,7 +254,11 @@ class _StatsRunner:
 
 #: ONNX Runtime CUDA EP options of the statistics session: grow the arena by what is asked, not
 #: to the next power of two (the activations live in torch buffers; ORT holds only the rest)
-STATS_CUDA_OPTIONS: dict[str, str] = {"arena_extend_strategy": "kSameAsRequested"}
+#: and take cuDNN's heuristic conv plans (an exhaustive search cost a new YOLOv8n 640 b32 session
+#: about 1 s on an H200, the plans it found no faster) without its maximal workspace
+STATS_CUDA_OPTIONS: dict[str, str] = {"arena_extend_strategy": "kSameAsRequested",
+                                      "cudnn_conv_algo_search": "HEURISTIC",
+                                      "cudnn_conv_use_max_workspace": "0"}
 HIST_CHUNK = 1 << 24     # torch.histc counts in float32: exact up to 2**24 a bin, so chunk by that
 
 
