@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU run behind the "GPU (H100/H200)" sections of benchmarks/README.md.  Run on the GPU machine
 # from a checkout:
-#   .whl/        cp312 wheels the machine lacks: ppq, pycocotools, onnxslim, colorama, pytest(+pluggy, iniconfig)
+#   .whl/        cp312 wheels the machine lacks: ppq, pycocotools, onnxslim, colorama, pytest(+pluggy,
+#                iniconfig, pygments, packaging)
 #   ORTSITE      an unpacked onnxruntime-gpu wheel (../shared/docs/gpu.md), default $HOME/ortsite
 #   data/yolov8n_e2e.onnx   python -m xtrt.examples.yolo_e2e --out data/yolov8n_e2e.onnx
 #   data/effnet_lite0.onnx  python -m xtrt.examples.effnet --out data/effnet_lite0.onnx
@@ -41,10 +42,9 @@ step "calibration speed: YOLOv8n 640, 512 images, batch 32"
 timeout 300 python3 benchmarks/calib_speed.py --device cuda --images "$IMAGES" --count 512 --batch 32 \
   --imgsz 640 --repeat 2 --ort --json "$OUT/calib_yolov8n.json"
 
-step "calibration speed: YOLOv8n 640, minmax + auto, cold sessions, cuDNN heuristic plans, no max workspace"
+step "calibration speed: YOLOv8n 640, minmax + auto, a new statistics session every run (--cold)"
 timeout 200 python3 benchmarks/calib_speed.py --device cuda --images "$IMAGES" --count 512 --batch 32 \
-  --imgsz 640 --repeat 2 --cold --methods minmax,auto --fp32-passes 2 --json "$OUT/calib_yolov8n_heur.json" \
-  --stats-cuda-options '{"arena_extend_strategy":"kSameAsRequested","cudnn_conv_algo_search":"HEURISTIC","cudnn_conv_use_max_workspace":"0"}'
+  --imgsz 640 --repeat 2 --cold --methods minmax,auto --fp32-passes 2 --json "$OUT/calib_yolov8n_cold.json"
 
 step "calibration speed: EfficientNet-Lite0 224, 512 images, batch 32"
 timeout 300 python3 benchmarks/calib_speed.py --device cuda --model data/effnet_lite0.onnx \
