@@ -67,9 +67,14 @@ timeout ${TECH_TIMEOUT:-500} python3 benchmarks/techniques.py --device cuda --ph
 fi
 
 if [ "$PART" = all ] || [ "$PART" = profile ]; then
-step "xtrt.profile on CUDA (ORT CUDA EP): FP32 vs INT8, batch 1,8,32"
+step "xtrt.profile on CUDA (ORT CUDA EP): FP32 vs INT8, batch 1,8,32, --workers 1 (decode as run today)"
 python3 -m xtrt.profile data/yolov8n_e2e.onnx --images "$IMAGES" --device cuda --imgsz 640 \
-  --batch 1,8,32 --compare "$RUN/quant/quantized.onnx" --out "$RUN/profile" 2>&1 | tail -60
+  --batch 1,8,32 --compare "$RUN/quant/quantized.onnx" --workers 1 --out "$RUN/profile" 2>&1 | tail -60
+
+step "xtrt.profile on CUDA: FP32 vs INT8, batch 32, default --workers (one per core, at most 8)"
+python3 -m xtrt.profile data/yolov8n_e2e.onnx --images "$IMAGES" --device cuda --imgsz 640 \
+  --batch 32 --compare "$RUN/quant/quantized.onnx" --out "$RUN/profile_workers" 2>&1 | tail -40
+cp "$RUN/profile_workers/profile.json" "$OUT/profile_workers.json" 2>/dev/null
 
 step "xtrt.profile on CUDA, PPQ executor, batch 8"
 python3 -m xtrt.profile data/yolov8n_e2e.onnx --images "$IMAGES" --device cuda --imgsz 640 \

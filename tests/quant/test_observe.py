@@ -282,7 +282,7 @@ def test_short_last_batch_is_padded_and_sliced(tmp_path):
 def test_buffer_shapes_come_from_shape_inference(tmp_path):
     """The CUDA buffers' shapes come from ONNX shape inference (ORT never allocates every
     activation itself); a dimension it cannot tell falls back to asking ORT (None)."""
-    from xtrt.quant.observe import _inferred_specs
+    from xtrt.quant.buffers import inferred_specs as _inferred_specs
 
     model = onnx.load(make_classifier(tmp_path / "m.onnx"))
     feeds = {"input": np.zeros((5, 3, 32, 32), np.float32)}

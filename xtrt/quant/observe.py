@@ -21,6 +21,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from xtrt.quant.buffers import OutputBuffers, inferred_specs as _inferred_specs
+from xtrt.runtime.feed import DeviceFeed, bind_inputs
+
 __all__ = ["FAST_METHODS", "PERCENTILE", "collect_ranges", "collect_statistics", "batch_range",
            "OutputBuffers", "release_sessions"]
 
@@ -118,6 +121,7 @@ class _StatsRunner:
         self.pad = self.cuda if pad is None else bool(pad)
         self._shrink = False                            # free ORT's arena after a specs run
         self.padded = 0                                 # short batches padded (tests count)
+        self._feed = DeviceFeed("cuda") if self.cuda else None
 
     def run(self, feeds: dict[str, np.ndarray]) -> list:
         """The statistics tensors for ``feeds`` (numpy on the numpy path, else torch tensors;
@@ -182,12 +186,13 @@ class _StatsRunner:
             for n, b in zip(self.names, buffers):
                 if n not in feeds:
                     binding.bind_output(n, "cuda", 0, _np_dtype(b).type, tuple(b.shape), b.data_ptr())
+        dev = self._feed.put(feeds)   # pinned buffers, asynchronous copy (xtrt.runtime.feed)
         torch.cuda.current_stream().synchronize()      # the last batch's reductions read buffers
-        for n, a in feeds.items():
-            binding.bind_cpu_input(n, np.ascontiguousarray(a))
+        self._feed.wait()
+        bind_inputs(binding, dev, self._feed.device_id)
         for n, b in zip(self.names, buffers):
             if n in feeds:    # a graph input: ORT leaves a buffer bound to it unwritten (seen on
-                b.copy_(torch.from_numpy(np.ascontiguousarray(feeds[n])))   # an H200): copy it
+                b.copy_(dev[n])                                            # an H200): copy it
         if any(n not in feeds for n in self.names):
             opts = None
             if self._shrink:                           # give back what a specs run left
@@ -362,78 +367,11 @@ class _HistAcc:
         return self.sums
 
 
-def _inferred_specs(model, names: Sequence[str], feeds: dict[str, np.ndarray]):
-    """(shape, dtype) of ``names`` for ``feeds`` from ONNX shape inference, or None when it
-    leaves a dimension unknown (then the caller asks ORT)."""
-    import onnx
-    from onnx.helper import tensor_dtype_to_np_dtype
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for i in m.graph.input:
-        if i.name in feeds:
-            dims = i.type.tensor_type.shape.dim
-            shape = np.shape(feeds[i.name])
-            if len(dims) != len(shape):
-                return None
-            for d, v in zip(dims, shape):
-                d.Clear()
-                d.dim_value = int(v)
-    del m.graph.value_info[:]
-    try:
-        m = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
-    except Exception as exc:     # any failure: ORT tells the shapes instead
-        log.debug("shape inference for the statistics buffers failed: %s", exc)
-        return None
-    infos = {v.name: v for v in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input)}
-    out = []
-    for n in names:
-        if n in feeds:
-            a = np.asarray(feeds[n])
-            out.append((tuple(a.shape), a.dtype))
-            continue
-        info = infos.get(n)
-        if info is None or not info.type.tensor_type.HasField("shape") \
-                or not info.type.tensor_type.elem_type:
-            return None
-        dims = [d.dim_value if d.HasField("dim_value") else -1
-                for d in info.type.tensor_type.shape.dim]
-        if any(d <= 0 for d in dims):
-            return None
-        out.append((tuple(dims), np.dtype(tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type))))
-    return out
-
-
 def _np_dtype(t) -> np.dtype:
     """The numpy dtype of a torch tensor."""
     import torch
 
     return np.dtype(torch.empty(0, dtype=t.dtype).numpy().dtype)
-
-
-class OutputBuffers:
-    """Output buffers of a statistics session, one set per input shape, made once.
-
-    ``specs(feeds)`` gives each output's (shape, dtype) for those feeds and ``allocate(specs)``
-    the buffers.  A short last batch gets its own set, kept beside the full-batch one, so the
-    next pass (which starts with a full batch again) neither learns the shapes again nor
-    reallocates; at most ``keep`` shapes are held (the oldest dropped first).
-    """
-
-    def __init__(self, specs: Callable, allocate: Callable, keep: int = 2):
-        self._specs, self._allocate, self.keep = specs, allocate, keep
-        self._sets: dict[tuple, list] = {}
-        self.made = 0                       # sets allocated (what the tests count)
-
-    def get(self, feeds: dict[str, np.ndarray]) -> list:
-        key = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in feeds.items())
-        found = self._sets.get(key)
-        if found is None:
-            while len(self._sets) >= self.keep:
-                self._sets.pop(next(iter(self._sets)))
-            found = self._sets[key] = self._allocate(self._specs(feeds))
-            self.made += 1
-        return found
 
 
 def _stats_session(model, tensors: Sequence[str], device: str, cuda_options: dict | None = None):
