@@ -66,27 +66,58 @@ def yolo_model(work: Path, conf: float = YOLO_CONF) -> Path:
     return path
 
 
-def load_bench(key: str, work: Path) -> Bench:
-    """The data split and model of ``key`` ('effnet' or 'yolo')."""
+def load_bench(key: str, work: Path, local: dict | None = None) -> Bench:
+    """The data split and model of ``key`` ('effnet' or 'yolo').
+
+    ``local`` (a machine without the downloads, e.g. the GPU one): ``{"photos": DIR, "models":
+    {"effnet": PATH, "yolo": PATH}}``; DIR's ``vtest*`` files are the video frames (every one is
+    used), the rest the photos; the YOLO model gets the bench's score threshold written into its
+    EfficientNMS_TRT node (a copy under ``work``).
+    """
     from xtrt.quant.job import split_selection_test
 
     work.mkdir(parents=True, exist_ok=True)
-    photos = _photos(work)
+    if local:
+        files = sorted(Path(local["photos"]).iterdir())
+        photos = [f for f in files if not f.name.startswith("vtest")]
+        frames = [f for f in files if f.name.startswith("vtest")]
+    else:
+        photos = _photos(work)
     pick = sorted(random.Random(0).sample(range(len(photos)), N_CALIB))
     cal = [photos[i] for i in pick]
     step, share = SPLIT[key]
-    held = [f for i, f in enumerate(photos) if i not in set(pick)] + _frames(work, step)[0]
+    if not local:
+        frames = _frames(work, step)[0]
+    held = [f for i, f in enumerate(photos) if i not in set(pick)] + frames
     sel, test = split_selection_test(held, share)
     if key == "effnet":
-        from xtrt.examples.effnet import PREPROCESS, export_effnet_lite0
+        from xtrt.examples.effnet import PREPROCESS
 
-        model = work / "effnet_lite0_ts13.onnx"
+        model = Path(local["models"]["effnet"]) if local else work / "effnet_lite0_ts13.onnx"
         if not model.exists():
+            from xtrt.examples.effnet import export_effnet_lite0
+
             export_effnet_lite0(model, dynamo=False, opset=13)
         return Bench(key, "EfficientNet-Lite0", model, [4, 3, 224, 224], dict(PREPROCESS),
                      cal, sel, test)
-    return Bench(key, "YOLOv8n 640", yolo_model(work), [4, 3, 640, 640],
+    model = _with_score(Path(local["models"]["yolo"]), work) if local else yolo_model(work)
+    return Bench(key, "YOLOv8n 640", model, [4, 3, 640, 640],
                  {"preset": "letterbox", "size": [640, 640]}, cal, sel, test, conf=YOLO_CONF)
+
+
+def _with_score(src: Path, work: Path, conf: float = YOLO_CONF) -> Path:
+    """A copy of the e2e detector ``src`` with EfficientNMS_TRT's score_threshold = ``conf``."""
+    import onnx
+
+    m = onnx.load(str(src))
+    for n in m.graph.node:
+        if n.op_type == "EfficientNMS_TRT":
+            for at in n.attribute:
+                if at.name == "score_threshold":
+                    at.f = conf
+    out = work / f"{src.stem}_s{conf:g}.onnx"
+    onnx.save(m, str(out))
+    return out
 
 
 def prepare(bench: Bench, cfg):
@@ -113,23 +144,25 @@ def batches(bench: Bench, cfg, prepared, files, batch_size: int):
                        tuple(prepared.input_shape[1:]), pre, batch_size, progress=None)
 
 
-def evaluator(bench: Bench, files, kind: str):
+def evaluator(bench: Bench, files, kind: str, device: str = "cpu"):
     """xtrt's Evaluator with FP32 references on ``files`` (the source model, as run_quant does)."""
     from xtrt.data.store import BatchStore
     from xtrt.model.load import dims_of, load_model
-    from xtrt.quant.evaluate import Evaluator, task_and_layout
+    from xtrt.analysis.task import infer_task
+    from xtrt.quant.evaluate import Evaluator
     from xtrt.quant.verify import prepare_eval
     from xtrt.runtime.split import SplitRunner
 
     cfg = bench.config()
     prepared, _ = prepare(bench, cfg)
-    task, layout = task_and_layout(cfg, [dims_of(o) for o in prepared.model.graph.output])
+    task, layout = infer_task([dims_of(o) for o in prepared.model.graph.output],
+                              cfg.evaluation.task, prepared.input_shape[2:4])
     t0 = time.perf_counter()
-    ed = prepare_eval(SplitRunner(load_model(bench.model), device="cpu"),
+    ed = prepare_eval(SplitRunner(load_model(bench.model), device=device),
                       batches(bench, cfg, prepared, files, 4), task, layout,
                       conf=bench.conf, iou=cfg.evaluation.iou_threshold,
                       store=BatchStore(spill_dir=Path("/tmp/xtrt-bench-store")))
-    ev = Evaluator(ed, "cpu", cfg.evaluation.rtol, cfg.evaluation.atol, f"{ed.count} {kind} images")
+    ev = Evaluator(ed, device, cfg.evaluation.rtol, cfg.evaluation.atol, f"{ed.count} {kind} images")
     ev.reference_seconds = round(time.perf_counter() - t0, 1)
     return ev
 

@@ -59,14 +59,15 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def run_variant(bench, overrides: Sequence[str], sel_ev=None):
-    """xtrt's stages on ``bench`` with ``overrides``; returns (qmodel, info dict)."""
+def run_variant(bench, overrides: Sequence[str], sel_ev=None, device: str = "cpu"):
+    """xtrt's stages on ``bench`` with ``overrides`` on ``device``; returns (qmodel, info dict)."""
     from xtrt.quant import techniques
     from xtrt.quant.calibrate import calibrate
     from xtrt.quant.export import export_qdq
     from xtrt.quant.select import choose_method
 
     cfg = techniques.resolve(bench.config(overrides))
+    cfg.device = device
     t = {}
     c0 = time.process_time()
     t0 = time.perf_counter()
@@ -116,11 +117,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--work", default="/tmp/xtrt-bench")
     p.add_argument("--json", help="append rows to this JSON-lines file as they finish")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where calibration, the techniques and the scoring run")
+    p.add_argument("--photos", help="a local photo folder (vtest* files = the video frames) instead "
+                   "of the downloads (with --effnet-model / --yolo-model)")
+    p.add_argument("--effnet-model", help="with --photos: EfficientNet-Lite0 ONNX (opset 13)")
+    p.add_argument("--yolo-model", help="with --photos: the YOLOv8n e2e ONNX")
+    p.add_argument("--extra", action="append", default=[], metavar="NAME=K=V[,K=V]",
+                   help="an extra variant: NAME=override;override (e.g. "
+                   "'lsq200=calibration.method=minmax;quantization.lsq.steps=200')")
     a = p.parse_args(argv)
+    for spec in a.extra:
+        name, _, sets = spec.partition("=")
+        VARIANTS[name] = [F, *[x for x in sets.split(";") if x]]
+    local = ({"photos": a.photos, "models": {"effnet": a.effnet_model, "yolo": a.yolo_model}}
+             if a.photos else None)
     rows = []
     for m in [x.strip() for x in a.models.split(",") if x.strip()]:
-        bench = _bench.load_bench(m, Path(a.work))
-        test_ev = _bench.evaluator(bench, bench.test, "test")
+        bench = _bench.load_bench(m, Path(a.work), local)
+        test_ev = _bench.evaluator(bench, bench.test, "test")   # scored on CPU (no TF32)
         names = [x.strip() for x in a.variants.split(",") if x.strip()]
         sel_ev = _bench.evaluator(bench, bench.sel, "selection") if any(
             "auto" in VARIANTS[v] or "calibration.method=auto" in VARIANTS[v] for v in names) \
@@ -129,8 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{len(bench.test)} test images; FP32 test pass {test_ev.reference_seconds} s",
               file=sys.stderr, flush=True)
         for v in names:
-            qmodel, row = run_variant(bench, VARIANTS[v], sel_ev)
+            t0 = time.perf_counter()
+            qmodel, row = run_variant(bench, VARIANTS[v], sel_ev, a.device)
             row.update(model=bench.label, variant=v, test=_bench.score(test_ev, qmodel),
+                       device=a.device, wall_with_scoring_s=round(time.perf_counter() - t0, 1),
                        images={"calibration": len(bench.cal), "selection": len(bench.sel),
                                "test": len(bench.test)}, overrides=VARIANTS[v])
             rows.append(row)

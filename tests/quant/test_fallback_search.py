@@ -40,7 +40,7 @@ def test_the_written_model_is_the_judged_fp16_trial(fp16_run):
     chosen = fb["trials"][fb["chosen"]]
     assert fb["reached"] and chosen["fp32_layers"] == ["conv2"]
     written = onnx.load(str(tmp / "out" / "quantized.onnx"))
-    assert chosen["model_sha256"] == hashlib.sha256(written.SerializeToString()).hexdigest()
+    assert chosen["graph_sha256"] == hashlib.sha256(written.graph.SerializeToString()).hexdigest()
     # the same model on the same images: the very same figure (an FP32 trial differs)
     assert chosen["metric"] == rep["outputs"]["logits"]["sqnr_db"]
     assert rep["float_precision"]["float_precision"] == "fp16"

@@ -5,7 +5,7 @@ Each trial is the model xtrt would write: the Q/DQ export with those layers in f
 by :func:`xtrt.quant.precision.apply_float_precision` on the same calibration batches the
 pipeline's precision stage uses), judged on the selection images.  The pipeline's precision step
 rebuilds the chosen trial's model from the same inputs, so what is written is what was judged
-(``model_sha256`` of the chosen trial).
+(``graph_sha256`` of the chosen trial).
 
 The layer order the search walks (``analysis.fallback_ranking``):
 
@@ -135,7 +135,8 @@ def search_float_layers(s: FallbackSettings, prepared, cal, placement, selector,
     if key not in cache:                        # trial 0 figure came from the caller
         trial([])
     p, ev_t, qm, written = cache[key]
-    chosen["model_sha256"] = hashlib.sha256(written.SerializeToString()).hexdigest()
+    # the graph: the written file adds metadata (xtrt.trt.kept_float) to it
+    chosen["graph_sha256"] = hashlib.sha256(written.graph.SerializeToString()).hexdigest()
     fb_info = {**info, "strategy": s.strategy, "order": order[:max(12, len(chosen["fp32_layers"]))],
                "float_precision": s.precision}
     fb_info.pop("float_alone_noise", None)
