@@ -111,9 +111,9 @@ def _run(job) -> QuantResult:
             scatter = _scatter(prepared, qmodel, analysis.worst, evaluator, cfg.device,
                                worst_layer_values)
         with t("fallback"):
-            first = ev_int8 if selector is evaluator else selector.evaluate_model(qmodel) \
-                if cfg.analysis.target is not None else None
-            fb = run_target_fallback(cfg, prepared, calibrated, analysis, selector, first)
+            fb = run_target_fallback(cfg, prepared, calibrated, analysis, selector, ev_int8 if
+                                     selector is evaluator else None, test=evaluator,
+                                     precision_batches=_precision_batches(cal_src))
         final_placement, final_eval, final_model = placement, ev_int8, qmodel
         if fb is not None and fb.qmodel is not None:
             final_placement, final_model = fb.placement, fb.qmodel
@@ -164,17 +164,22 @@ def _engine(cfg, model, placement, precision, fp32_model=None) -> dict | None:
     return judged
 
 
+def _precision_batches(cal_src) -> list:
+    """The calibration feeds the FP16 keep-list is measured on (the fallback's trials and the
+    precision stage use the same, so the written model is the one the fallback judged)."""
+    import itertools
+
+    return [b.feeds for b in itertools.islice(iter(cal_src), 2)]
+
+
 def _precision(cfg, prepared, qmodel, cal_src, evaluator, evaluation):
     """FP16 or FP32 outside the Q/DQ pairs; both exports' fidelity (xtrt.quant.precision).
     Returns ``(model, info, evaluation of that model)`` (``evaluation`` is ``qmodel``'s)."""
-    import itertools
-
     from xtrt.quant.precision import precision_stage
 
-    model, info = precision_stage(cfg.export.float_precision, qmodel,
-                           [b.feeds for b in itertools.islice(iter(cal_src), 2)], evaluator.data,
-                           plugin_nodes=prepared.tail_nodes, device=cfg.device,
-                           rtol=evaluator.rtol, atol=evaluator.atol)
+    model, info = precision_stage(cfg.export.float_precision, qmodel, _precision_batches(cal_src),
+                                  evaluator.data, plugin_nodes=prepared.tail_nodes,
+                                  device=cfg.device, rtol=evaluator.rtol, atol=evaluator.atol)
     return model, info, evaluation if model is qmodel else evaluator.evaluate_model(model)
 
 
