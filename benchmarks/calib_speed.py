@@ -50,6 +50,12 @@ def main(argv=None) -> int:
                    "the floor)")
     p.add_argument("--repeat", type=int, default=1, help="runs of each method (min-max shown)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--cold", action="store_true", help="drop the kept CUDA statistics session "
+                   "before every run (each run then builds its own session and cuDNN plans)")
+    p.add_argument("--ort", action="store_true", help="also time ONNX Runtime quantize_static "
+                   "MinMax, calibrating on --device's execution provider")
+    p.add_argument("--stats-cuda-options", default=None, metavar="JSON",
+                   help="CUDA EP options of the statistics session (default: observe.STATS_CUDA_OPTIONS)")
     a = p.parse_args(argv)
 
     from xtrt.backend import ppq as ppq_backend
@@ -96,6 +102,8 @@ def main(argv=None) -> int:
 
     import xtrt.quant.observe as observe
 
+    if a.stats_cuda_options:
+        observe.STATS_CUDA_OPTIONS = json.loads(a.stats_cuda_options)
     stats_s: list[float] = []
     collect = observe.collect_statistics
 
@@ -114,15 +122,23 @@ def main(argv=None) -> int:
         cfg.calibration.method = m
         runs = []
         for _ in range(max(1, a.repeat)):
+            if a.cold:
+                observe.release_sessions()
+            warm = bool(observe._RUNNERS)
             with GpuMemory(a.device) as mem:
                 t = time.perf_counter()
-                cal = calibrate(cfg, pm, placement, batches, progress=False).result
+                cal = calibrate(cfg, pm, placement, batches, progress=False,
+                                keep_session=not a.cold).result
                 sec = time.perf_counter() - t
             runs.append({"seconds": sec, "statistics_s": stats_s.pop() if stats_s else None,
+                         "session_reused": warm,
                          "int8_layers": len(cal.quantized_ops), **mem.figures()})
             del cal
         rows.append({"what": f"xtrt {m} (ORT statistics)", "method": m, "runs": runs})
     observe.collect_statistics = collect
+    observe.release_sessions()
+    if a.ort:
+        rows.append(_ort_minmax(pm.body, feeds, a.device))
     if a.ppq:
         with GpuMemory(a.device) as mem:
             t = time.perf_counter()
@@ -145,6 +161,40 @@ def main(argv=None) -> int:
                                             "prepare_s": t_prep, "data_s": t_data,
                                             "rows": rows}, indent=1))
     return 0
+
+
+def _ort_minmax(body, feeds, device: str) -> dict:
+    """ONNX Runtime quantize_static MinMax (QDQ, per-channel, symmetric INT8) calibrating on
+    ``device``'s execution provider; the row of the table."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(feeds)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    eps = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    with tempfile.TemporaryDirectory() as d:
+        src, out = Path(d) / "body.onnx", Path(d) / "q.onnx"
+        onnx.save(body, str(src))
+        with GpuMemory(device) as mem:
+            t = time.perf_counter()
+            quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                            calibration_providers=eps,
+                            extra_options={"ActivationSymmetric": True, "QuantizeBias": False})
+            sec = time.perf_counter() - t
+        n_q = sum(1 for n in onnx.load(str(out)).graph.node if n.op_type == "QuantizeLinear")
+    return {"what": f"ORT quantize_static MinMax ({eps[0]}; last column: its QuantizeLinear "
+                    "nodes)", "method": "ort-minmax",
+            "runs": [{"seconds": sec, "statistics_s": None, "int8_layers": n_q, **mem.figures()}]}
 
 
 class GpuMemory:
@@ -244,7 +294,10 @@ def _table(rows: list[dict], t_fp32: float, device: str) -> str:
     for r in rows:
         runs = r["runs"]
         sec = [x["seconds"] for x in runs]
-        line = (f"| {r['what']} | {_span(sec)} | {_span([x['statistics_s'] for x in runs])} | "
+        reused = [x.get("session_reused") for x in runs]
+        what = r["what"] + ("" if not any(reused) else
+                            f" (session kept from the call before in runs {[i + 1 for i, k in enumerate(reused) if k]})")
+        line = (f"| {what} | {_span(sec)} | {_span([x['statistics_s'] for x in runs])} | "
                 f"{_span([s / t_fp32 for s in sec], '{:.1f}')} | {runs[-1]['int8_layers']} |")
         if gpu:
             line += (f" {_span([x['torch_peak_gib'] for x in runs])} | "

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU run behind the "GPU (H100/H200)" sections of benchmarks/README.md.  Run on the GPU machine
 # from a checkout:
-#   .whl/        cp312 wheels the machine lacks: ppq, pycocotools, onnxslim, colorama, pytest(+pluggy, iniconfig)
+#   .whl/        cp312 wheels the machine lacks: ppq, pycocotools, onnxslim, colorama, pytest(+pluggy,
+#                iniconfig, pygments, packaging)
 #   ORTSITE      an unpacked onnxruntime-gpu wheel (../shared/docs/gpu.md), default $HOME/ortsite
 #   data/yolov8n_e2e.onnx   python -m xtrt.examples.yolo_e2e --out data/yolov8n_e2e.onnx
 #   data/effnet_lite0.onnx  python -m xtrt.examples.effnet --out data/effnet_lite0.onnx
@@ -22,9 +23,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'onnxruntime', o.__version__, o.get_available_providers())"
 
 step() { echo; echo "=== $1 ($(date +%T))"; }
-PART=${1:-all}     # all | quant (tests, quant, calibration speed) | profile
+PART=${1:-all}     # all | quant (tests, quant, calibration speed) | profile | techniques | wholeprof
 
-if [ "$PART" != profile ]; then
+if [ "$PART" = all ] || [ "$PART" = quant ]; then
 step "gpu tests"
 python3 -m pytest -m gpu -q -p no:cacheprovider --tb=short -rs 2>&1 | tail -40
 
@@ -39,18 +40,41 @@ cp "$RUN/quant/report.json" "$OUT/report.json" 2>/dev/null
 
 step "calibration speed: YOLOv8n 640, 512 images, batch 32"
 timeout 300 python3 benchmarks/calib_speed.py --device cuda --images "$IMAGES" --count 512 --batch 32 \
-  --imgsz 640 --repeat 2 --json "$OUT/calib_yolov8n.json"
+  --imgsz 640 --repeat 2 --ort --json "$OUT/calib_yolov8n.json"
+
+step "calibration speed: YOLOv8n 640, minmax + auto, a new statistics session every run (--cold)"
+timeout 200 python3 benchmarks/calib_speed.py --device cuda --images "$IMAGES" --count 512 --batch 32 \
+  --imgsz 640 --repeat 2 --cold --methods minmax,auto --fp32-passes 2 --json "$OUT/calib_yolov8n_cold.json"
 
 step "calibration speed: EfficientNet-Lite0 224, 512 images, batch 32"
 timeout 300 python3 benchmarks/calib_speed.py --device cuda --model data/effnet_lite0.onnx \
   --preprocess-from data/effnet_lite0.yaml --images "$IMAGES" --count 512 --batch 32 --imgsz 224 \
-  --repeat 2 --json "$OUT/calib_effnet.json"
+  --repeat 2 --ort --json "$OUT/calib_effnet.json"
 fi
 
-if [ "$PART" != quant ]; then
-step "xtrt.profile on CUDA (ORT CUDA EP): FP32 vs INT8, batch 1,8,32"
+if [ "$PART" = wholeprof ]; then
+step "xtrt.quant on CUDA under cProfile"
+python3 benchmarks/gpu_whole_run.py "$IMAGES" "$RUN/quantprof" "$RUN/quant.pstats" 2>&1 | head -120
+fi
+
+if [ "$PART" = techniques ]; then
+step "techniques on CUDA (calibration + passes on the GPU, scored on ONNX Runtime CPU)"
+TECH=${TECH_VARIANTS:-minmax,minmax+lsq20}
+timeout ${TECH_TIMEOUT:-500} python3 benchmarks/techniques.py --device cuda --photos "$IMAGES" \
+  --effnet-model data/effnet_lite0.onnx --yolo-model data/yolov8n_e2e.onnx --work "$RUN/bench" \
+  --models "${TECH_MODELS:-effnet,yolo}" --variants "$TECH" --json "$OUT/techniques_cuda.jsonl" \
+  ${TECH_EXTRA:-} 2>&1 | tail -40
+fi
+
+if [ "$PART" = all ] || [ "$PART" = profile ]; then
+step "xtrt.profile on CUDA (ORT CUDA EP): FP32 vs INT8, batch 1,8,32, --workers 1 (decode as run today)"
 python3 -m xtrt.profile data/yolov8n_e2e.onnx --images "$IMAGES" --device cuda --imgsz 640 \
-  --batch 1,8,32 --compare "$RUN/quant/quantized.onnx" --out "$RUN/profile" 2>&1 | tail -60
+  --batch 1,8,32 --compare "$RUN/quant/quantized.onnx" --workers 1 --out "$RUN/profile" 2>&1 | tail -60
+
+step "xtrt.profile on CUDA: FP32 vs INT8, batch 32, default --workers (one per core, at most 8)"
+python3 -m xtrt.profile data/yolov8n_e2e.onnx --images "$IMAGES" --device cuda --imgsz 640 \
+  --batch 32 --compare "$RUN/quant/quantized.onnx" --out "$RUN/profile_workers" 2>&1 | tail -40
+cp "$RUN/profile_workers/profile.json" "$OUT/profile_workers.json" 2>/dev/null
 
 step "xtrt.profile on CUDA, PPQ executor, batch 8"
 python3 -m xtrt.profile data/yolov8n_e2e.onnx --images "$IMAGES" --device cuda --imgsz 640 \

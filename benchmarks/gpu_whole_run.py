@@ -1,7 +1,7 @@
 """The whole ``xtrt.quant --device cuda`` run of benchmarks/gpu.sh, in a child process: its wall
 seconds, its peak RSS and the stage split of its report.json.
 
-    python benchmarks/gpu_whole_run.py IMAGES OUTDIR
+    python benchmarks/gpu_whole_run.py IMAGES OUTDIR [PROFILE.pstats]
 
 YOLOv8n e2e at 640, calibration batch 8 x 4 steps (32 images), 115 held-out images, method auto,
 layer-wise analysis and a map50_95 >= 0.9 fallback target (the run of issue 13).
@@ -16,13 +16,15 @@ import time
 from pathlib import Path
 
 
-def main(images: str, out: str) -> int:
+def main(images: str, out: str, profile: str | None = None) -> int:
+    """Run it; with ``profile`` (a .pstats path) under cProfile, printing the top functions."""
     sets = ["input.shape=[8,3,640,640]", "preprocess.size=[640,640]",
             f"calibration.data={images}", "calibration.steps=4", "calibration.batch_size=8",
             "calibration.method=auto", f"evaluation.data={images}", "evaluation.count=115",
             "evaluation.batch_size=8", "analysis.layerwise=true",
             "analysis.target.metric=map50_95", "analysis.target.min_value=0.9"]
-    cmd = [sys.executable, "-m", "xtrt.quant", "--config", "data/yolov8n_e2e.yaml",
+    prof = ["-m", "cProfile", "-o", profile] if profile else []
+    cmd = [sys.executable, *prof, "-m", "xtrt.quant", "--config", "data/yolov8n_e2e.yaml",
            "--device", "cuda", "-q", "--output-dir", out]
     for s in sets:
         cmd += ["--set", s]
@@ -41,8 +43,13 @@ def main(images: str, out: str) -> int:
     print("summary", r["summary"])
     print("calibration", {k: r["calibration"].get(k) for k in ("method", "requested", "seconds")})
     print("method_search", r["calibration"].get("method_search"))
+    if profile:
+        import pstats
+
+        print("(under cProfile: its overhead inflates the Python-heavy parts)")
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(45)
     return rc
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1], sys.argv[2]))
+    raise SystemExit(main(sys.argv[1], sys.argv[2], *(sys.argv[3:4])))

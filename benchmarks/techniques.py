@@ -59,8 +59,9 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def run_variant(bench, overrides: Sequence[str], sel_ev=None, cache: Path | None = None):
-    """xtrt's stages on ``bench`` with ``overrides``; returns (qmodel, info dict).
+def run_variant(bench, overrides: Sequence[str], sel_ev=None, cache: Path | None = None,
+                device: str = "cpu"):
+    """xtrt's stages on ``bench`` with ``overrides`` on ``device``; returns (qmodel, info dict).
 
     With ``cache`` (a folder), the exported model and its timings are kept there under a key of
     the bench and the overrides, and a later call with the same key (``compare.py``'s xtrt rows
@@ -70,12 +71,13 @@ def run_variant(bench, overrides: Sequence[str], sel_ev=None, cache: Path | None
 
         import onnx
 
+        tag = [] if device == "cpu" else [device]     # keys of CPU runs stay as they were
         key = hashlib.sha1(json.dumps([bench.key, [str(x) for x in bench.cal],
-                                       list(overrides)]).encode()).hexdigest()[:12]
+                                       list(overrides)] + tag).encode()).hexdigest()[:12]
         path, meta = cache / f"{bench.key}_{key}.onnx", cache / f"{bench.key}_{key}.json"
         if path.is_file() and meta.is_file():
             return onnx.load(str(path)), {**json.loads(meta.read_text()), "cached": True}
-        qmodel, info = run_variant(bench, overrides, sel_ev)
+        qmodel, info = run_variant(bench, overrides, sel_ev, device=device)
         cache.mkdir(parents=True, exist_ok=True)
         onnx.save(qmodel, str(path))
         meta.write_text(json.dumps(info, default=str))
@@ -86,6 +88,7 @@ def run_variant(bench, overrides: Sequence[str], sel_ev=None, cache: Path | None
     from xtrt.quant.select import choose_method
 
     cfg = techniques.resolve(bench.config(overrides))
+    cfg.device = device
     t = {}
     c0 = time.process_time()
     t0 = time.perf_counter()
@@ -139,9 +142,12 @@ def _variant_row(bench, v: str, test_ev, sel_ev, a, left: float) -> dict:
     if left <= 5:
         return {**base, "failed": "not run: the run's time budget was spent"}
     try:
+        t0 = time.perf_counter()
         with _bench.Alarm(min(a.timeout, left)):
-            qmodel, row = run_variant(bench, VARIANTS[v], sel_ev, cache=Path(a.work) / "variants")
-        row.update(base, test=_bench.score(test_ev, qmodel))
+            qmodel, row = run_variant(bench, VARIANTS[v], sel_ev, cache=Path(a.work) / "variants",
+                                      device=a.device)
+        row.update(base, test=_bench.score(test_ev, qmodel), device=a.device,
+                   wall_with_scoring_s=round(time.perf_counter() - t0, 1))
         return row
     except Exception as exc:                              # noqa: BLE001 - one line in the table
         return {**base, "failed": f"failed: {_bench.one_line(exc)}"}
@@ -173,10 +179,10 @@ def _rendered_rows(files: Sequence[str]) -> list[dict]:
                                                vorder.get(r["variant"], 99)))
 
 
-def _context(m: str, work: Path, variants: str):
+def _context(m: str, work: Path, variants: str, local: dict | None = None):
     """(bench, test evaluator, selection evaluator or None) of model ``m``."""
-    bench = _bench.load_bench(m, work)
-    test_ev = _bench.evaluator(bench, bench.test, "test")
+    bench = _bench.load_bench(m, work, local)
+    test_ev = _bench.evaluator(bench, bench.test, "test")   # scored on CPU (no TF32)
     names = [x.strip() for x in variants.replace(";", ",").split(",") if x.strip()]
     sel_ev = _bench.evaluator(bench, bench.sel, "selection") if any(
         "calibration.method=auto" in VARIANTS[v] for v in names) else None
@@ -200,7 +206,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="run nothing: print the table from rows of earlier --json runs of this "
                         "script and of compare.py (its xtrt-default / xtrt-best rows are the "
                         "effort=default / effort=best variants: same images, same scorer)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where calibration and the techniques run (scoring: CPU)")
+    p.add_argument("--photos", help="a local photo folder (vtest* files = the video frames) instead "
+                   "of the downloads (with --effnet-model / --yolo-model; effnet and yolo only)")
+    p.add_argument("--effnet-model", help="with --photos: EfficientNet-Lite0 ONNX (opset 13)")
+    p.add_argument("--yolo-model", help="with --photos: the YOLOv8n e2e ONNX")
+    p.add_argument("--extra", action="append", default=[], metavar="NAME=K=V[,K=V]",
+                   help="an extra variant: NAME=override;override (e.g. "
+                   "'lsq200=calibration.method=minmax;quantization.lsq.steps=200')")
     a = p.parse_args(argv)
+    for spec in a.extra:
+        name, _, sets = spec.partition("=")
+        VARIANTS[name] = [F, *[x for x in sets.split(";") if x]]
+    local = ({"photos": a.photos, "models": {"effnet": a.effnet_model, "yolo": a.yolo_model}}
+             if a.photos else None)
     if a.render:
         print(render(_rendered_rows(a.render)))
         return 0
@@ -219,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not names:
                 continue
             if m not in ctxs:
-                ctxs[m] = _context(m, Path(a.work), a.variants)
+                ctxs[m] = _context(m, Path(a.work), a.variants, local)
             bench, test_ev, sel_ev = ctxs[m]
             for v in names:
                 row = _variant_row(bench, v, test_ev, sel_ev, a,

@@ -166,7 +166,16 @@ class AnalysisConfig:
     # agreement with 42 layers float); greedy: a trial's layers stay float only if the metric (or,
     # when it holds, the output SQNR) improved (YOLOv8n 640: 0.874 mAP vs FP32 with 12 layers,
     # where ranked stalls near 0.82) - see benchmarks/README.md
-    fallback_strategy: Literal["ranked", "greedy"] = "ranked"
+    # bisect: the fewest leading layers of the ranking that meet the target (galloping 1, 2, 4,
+    # ... then bisection), then each of them tried back in INT8 (xtrt.analysis.fallback.run_bisect)
+    fallback_strategy: Literal["ranked", "greedy", "bisect"] = "ranked"
+    # the order the fallback tries layers in (xtrt.quant.fallback): int8_alone (layer-wise noise
+    # with only that layer INT8), float_alone (the all-INT8 model's noise with only that layer
+    # float), greedy (float_alone re-ranked after each choice, rerank_steps x rerank_candidates)
+    fallback_ranking: Literal["int8_alone", "float_alone", "greedy"] = "int8_alone"
+    rerank_steps: int = 6
+    rerank_candidates: int = 8
+    ranking_batches: int = 2            # selection batches the float_alone / greedy ranking uses
     analysis_steps: int = 4             # batches used by graph-wise analysis
     layerwise_steps: int = 1            # batches for layer-wise (one forward per layer and batch)
 
@@ -205,7 +214,8 @@ class Config:
         return p if p.is_absolute() else Path(self.base_dir) / p
 
 
-_POSITIVE = {"steps", "workers", "batch_size", "count", "max_trials", "layers_per_trial", "analysis_steps",
+_POSITIVE = {"steps", "workers", "batch_size", "count", "max_trials", "layers_per_trial", "rerank_steps",
+             "rerank_candidates", "ranking_batches", "analysis_steps",
              "layerwise_steps", "iterations", "batches",
              "block_size"}
 

@@ -93,3 +93,14 @@ def test_hazards_line_and_strongly_typed_flag(save, capsys):
     assert "hazards: 2 (unquantized 1, fp32_region 1)" in out
     assert "FP32 region of 1 node(s) outside Q/DQ: conv2 [rule: a strongly-typed build" in out
     assert main([save(tm.float_conv(), "f.onnx")]) == 1          # no Q/DQ: never PASSED
+
+
+def test_kept_float_by_the_exporter_is_its_own_count(save, capsys):
+    from xtrt.trt.kept_float import write_kept_float
+
+    model = tm.qdq_conv_then_float_conv()
+    write_kept_float(model, {"conv2": "measured: INT8 costs 0.01 mAP"})
+    assert main([save(model)]) == 0
+    out = capsys.readouterr().out
+    assert "hazards: 0; kept float by the exporter: 1" in out
+    assert "conv2: Conv conv2 kept float by the exporter: measured: INT8 costs 0.01 mAP" in out

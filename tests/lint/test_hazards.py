@@ -99,3 +99,11 @@ def test_small_channel_int8_conv_is_padded():
     g.input[0].type.tensor_type.shape.dim[1].dim_value = 3
     onnx.checker.check_model(m)
     assert ("warning", "small_channels") in _checks(m)
+
+
+def test_one_scale_for_one_output_channel_is_not_per_tensor():
+    """A conv with a single output channel (a probability-map head): its one weight scale is
+    per channel; only the stem's padded channels are reported, as info."""
+    found = lint_qdq(tm.qdq_conv(cout=1))
+    assert [f.check for f in found if f.severity != "info"] == []
+    assert any(f.check == "small_channels" and f.severity == "info" for f in found)

@@ -67,6 +67,23 @@ def test_float_layer_is_warning_error_when_strict_info_when_declared():
     assert [(f.severity, f.node) for f in declared] == [("info", "conv2")]
 
 
+def test_float_layer_recorded_by_the_exporter_is_kept_float_not_a_hazard():
+    from xtrt.lint.qdq import hazard_counts, kept_float
+    from xtrt.trt.kept_float import read_kept_float, write_kept_float
+
+    model = tm.qdq_conv_then_float_conv()
+    assert hazard_counts(lint_qdq(model)) == {"unquantized": 1}    # another tool's model
+    write_kept_float(model, {"conv2": "DFL decode: costs 0.02 mAP", "gone": "not in the graph"})
+    assert read_kept_float(model) == {"conv2": "DFL decode: costs 0.02 mAP"}
+    found = lint_qdq(model, strongly_typed=True)
+    assert hazard_counts(found) == {}
+    (k,) = kept_float(found)
+    assert (k.severity, k.node) == ("info", "conv2")
+    assert k.message == "Conv conv2 kept float by the exporter: DFL decode: costs 0.02 mAP"
+    write_kept_float(model, {})
+    assert read_kept_float(model) == {} and hazard_counts(lint_qdq(model)) == {"unquantized": 1}
+
+
 def test_int32_bias_dequantize_is_an_error():
     errs = errors(lint_qdq(tm.qdq_conv(int32_bias=True)))
     assert len(errs) == 1 and errs[0].node == "b_DQ" and errs[0].check == "int32"

@@ -115,3 +115,21 @@ def test_engine_judge_counts_float_islands_and_half_layers():
                for x in fp16["engine_layers"])       # the ONNX nodes fused into the Int8 conv
     body = trt_rtx.engine_judge(tm.qdq_conv_with_plugin_tail())
     assert body["accepted"] and body["body_only"] and body["plugin_nodes"] == ["batched_nms"]
+
+
+def test_explain_islands_needs_a_reason_for_every_node_it_computes():
+    """Glue (Q/DQ/Cast) and the nodes of an Int8 layer need none; one reasoned node does not
+    explain an island that computes another node without a reason."""
+    import copy
+
+    m = tm.qdq_conv_then_float_conv()
+    judged = {"engine_layers": [{"in": ["Int8"], "onnx_nodes": ["conv", "x_DQ"]},
+                                {"in": ["Float"], "onnx_nodes": ["conv", "conv2"]}],
+              "fp32_islands": [{"layer": "L", "onnx_nodes": ["conv", "x_DQ", "conv2"]}]}
+    got = trt_rtx.explain_islands(copy.deepcopy(judged), {"conv2": "kept FP32: big"}, m)
+    assert got["fp32_islands"][0]["reason"] == "conv2: kept FP32: big"
+    assert got["unexplained_fp32_islands"] == 0
+    got = trt_rtx.explain_islands(copy.deepcopy(judged), {"conv": "INT8"}, m)
+    assert got["fp32_islands"][0]["reason"] is None
+    assert got["fp32_islands"][0]["unexplained"] == ["conv2"]
+    assert got["unexplained_fp32_islands"] == 1

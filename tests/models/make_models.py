@@ -133,6 +133,30 @@ def gemm(trans_b: int = 1) -> onnx.ModelProto:
     return g.model([_inp()], [("logits", ["N", 10])], name=f"gemm_transb{trans_b}")
 
 
+def softmax_head() -> onnx.ModelProto:
+    """Conv stem, GlobalAveragePool, Gemm, then a Softmax writing the graph output ``prob`` (a
+    classifier / face-probability head): the last op runs next to a float32 graph output."""
+    g = _G(5)
+    t = g.conv("input", 3, 8, name="stem")
+    f = g.node("Flatten", [g.node("GlobalAveragePool", [t], name="gap")], name="flatten")
+    w = g.rng.normal(0, 0.5, (4, 8)).astype(np.float32)
+    b = g.rng.normal(0, 0.1, 4).astype(np.float32)
+    z = g.node("Gemm", [f, g.const("fc_w", w), g.const("fc_b", b)], name="fc", transB=1)
+    g.node("Softmax", [z], ["prob"], name="softmax", axis=1)
+    return g.model([_inp()], [("prob", ["N", 4])], name="softmax_head")
+
+
+def small_channels() -> onnx.ModelProto:
+    """Stem (3 image channels), a 6-channel squeeze conv and its expand conv: channel counts
+    TensorRT pads in INT8 (fewer than 8, not a multiple of 4)."""
+    g = _G(6)
+    t = g.conv("input", 3, 8, name="stem")
+    s = g.conv(t, 8, 6, 1, name="squeeze6")
+    s = g.conv(s, 6, 8, 1, name="expand6")
+    y = g.conv(s, 8, 8, name="project")
+    return _classifier(g, y, 8, name="small_channels")
+
+
 def matmul_const() -> onnx.ModelProto:
     """MatMul with a constant [K, N] weight (output channel = axis 1) and a bias Add."""
     g = _G(5)
@@ -334,6 +358,8 @@ MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     "gemm_transb0": lambda: gemm(0),
     "gemm_transb1": lambda: gemm(1),
     "matmul_const": matmul_const,
+    "softmax_head": softmax_head,
+    "small_channels": small_channels,
     "conv_transpose": conv_transpose,
     "grouped_depthwise": grouped_depthwise,
     "avgpool_conv": avgpool_conv,

@@ -63,3 +63,33 @@ def test_a_node_beyond_fp16_range_stays_fp32_with_the_reason():
     assert t[next(n for n in h.graph.node if n.name == "scale_up").output[0]] == TensorProto.FLOAT
     a, b = _run(m, x)[0], _run(h, x)[0]
     assert np.isfinite(b).all() and np.allclose(a, b, rtol=1e-2, atol=1e-2 * np.abs(a).max())
+
+
+def test_output_writers_are_the_float_tail_after_the_last_int8_layer():
+    """A bias Add and a Softmax between the last INT8 layer and a float32 graph output are the
+    tail; the INT8 layer itself, its Q/DQ and anything feeding another INT8 layer are not."""
+    from onnx import TensorProto, helper
+
+    from xtrt.quant.fp16 import output_writers
+
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
+             helper.make_node("MatMul", ["xd", "w"], ["m"], name="mm"),
+             helper.make_node("Add", ["m", "b"], ["a"], name="bias"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),         # feeds the Q below too
+             helper.make_node("Softmax", ["r"], ["y"], name="softmax"),
+             helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"], name="q2"),
+             helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["rd"], name="dq2"),
+             helper.make_node("MatMul", ["rd", "w"], ["y2"], name="mm2")]
+    inits = [helper.make_tensor("s", f, [], [0.1]), helper.make_tensor("z", TensorProto.INT8, [], [0]),
+             helper.make_tensor("w", f, [4, 4], [0.1] * 16), helper.make_tensor("b", f, [4], [0.0] * 4)]
+    g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", f, [1, 4])],
+                          [helper.make_tensor_value_info("y", f, [1, 4]),
+                           helper.make_tensor_value_info("y2", f, [1, 4])], inits)
+    got = output_writers(helper.make_model(g))
+    assert sorted(got) == ["softmax"]
+    assert got["softmax"].startswith("writes graph output y after the last INT8 layer")
+    g.node[6].input[0] = "a"                      # now relu only feeds the softmax: tail too
+    got = output_writers(helper.make_model(g))
+    assert sorted(got) == ["relu", "softmax"]

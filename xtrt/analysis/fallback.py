@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-__all__ = ["FallbackResult", "run_fallback", "explain_shortfall"]
+__all__ = ["FallbackResult", "run_fallback", "run_bisect", "explain_shortfall"]
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ class FallbackResult:
     reached: bool = False
     reason: str = ""
     why: str = ""                      # when the target was not reached: what stands in the way
+    search: dict = field(default_factory=dict)   # ranking, strategy, seconds, evaluations
 
     @property
     def fp32_layers(self) -> list[str]:
@@ -32,7 +33,22 @@ class FallbackResult:
              "reason": self.reason}
         if self.why:
             d["why"] = self.why
+        if self.search:
+            d["search"] = self.search
+        d["curve"] = self.curve()
         return d
+
+    def curve(self) -> list[dict]:
+        """The trade-off curve: per float-layer count, the best trial's metric on the selection
+        images (and on the test images where the trial was scored there too)."""
+        best: dict[int, dict] = {}
+        for t in self.trials:
+            n, m = t["n_fp32_layers"], t.get("metric")
+            if m is not None and (n not in best or m > best[n]["metric"]):
+                best[n] = t
+        return [{"n_fp32_layers": n, "selection": t["metric"], "test": t.get("test_metric"),
+                 "selection_sqnr_db": t.get("tie_breaker"), "test_sqnr_db": t.get("test_sqnr")}
+                for n, t in sorted(best.items())]
 
 
 def _split(v) -> tuple[float | None, float | None]:
@@ -60,6 +76,9 @@ def run_fallback(ranking: Sequence[str], evaluate: Callable[[list[str]], object]
     ``sensitivity`` (layer -> layer-wise noise ratio) lets a shortfall be explained.
     Returns every trial and the chosen one (the first that reaches the target, else the best).
     """
+    if strategy == "bisect":
+        return run_bisect(ranking, evaluate, target=target, max_trials=max_trials,
+                          first_value=first_value, progress=progress, sensitivity=sensitivity)
     if strategy not in ("greedy", "ranked"):
         raise ValueError(f"unknown fallback strategy {strategy!r}")
     res = FallbackResult()
@@ -101,6 +120,12 @@ def run_fallback(ranking: Sequence[str], evaluate: Callable[[list[str]], object]
             kept = layers
             if improved:
                 best_value, best_tie = value, (tie if tie is not None else best_tie)
+    return _keep_best(res, target, max_trials, sensitivity)
+
+
+def _keep_best(res: FallbackResult, target: float, max_trials: int,
+               sensitivity: dict[str, float] | None) -> FallbackResult:
+    """Target not reached: choose the best trial (metric, tie-breaker, fewer layers) and say why."""
     def rank(i):
         t = res.trials[i]
         return (t["metric"] if t["metric"] is not None else float("-inf"),
@@ -112,8 +137,75 @@ def run_fallback(ranking: Sequence[str], evaluate: Callable[[list[str]], object]
     if not res.reason:
         res.reason = (f"target not met within {max_trials} trial(s) (budget analysis.max_trials); "
                       f"kept the best trial ({res.trials[best]['n_fp32_layers']} layer(s) in float)")
-    if not res.reached:
-        res.why = explain_shortfall(res.trials, target, sensitivity or {})
+    res.why = explain_shortfall(res.trials, target, sensitivity or {})
+    return res
+
+
+def run_bisect(order: Sequence[str], evaluate: Callable[[list[str]], object], *, target: float,
+               max_trials: int, first_value=None, progress=None,
+               sensitivity: dict[str, float] | None = None) -> FallbackResult:
+    """The fewest leading layers of ``order`` whose move to float meets ``target``.
+
+    Galloping then bisection on the prefix length (1, 2, 4, 8, ... until a prefix passes, then
+    halving the gap: about 2 log2(k) trials for an answer of k layers, whatever the layer
+    count), assuming the metric grows with the prefix; then, while trials are left, each layer
+    of the passing set is tried back in INT8 (last in the order first) and stays INT8 if the
+    target still holds.  Every trial is recorded (``step``: gallop, bisect, prune)."""
+    res = FallbackResult()
+    value0, tie0 = _split(first_value if first_value is not None else evaluate([]))
+    res.trials.append({"trial": 0, "n_fp32_layers": 0, "fp32_layers": [], "metric": value0,
+                       "tie_breaker": tie0, "passed": value0 is not None and value0 >= target,
+                       "kept": True, "step": "all INT8"})
+    if res.trials[0]["passed"]:
+        res.reached, res.reason = True, "target met with every layer in INT8"
+        return res
+    order = list(order)
+    seen: dict[frozenset, bool] = {frozenset(): False}
+
+    def trial(layers: list[str], step: str) -> bool:
+        if frozenset(layers) in seen:            # e.g. pruning the last layer of a bisected prefix
+            return seen[frozenset(layers)]
+        value, tie = _split(evaluate(list(layers)))
+        passed = value is not None and value >= target
+        res.trials.append({"trial": len(res.trials), "n_fp32_layers": len(layers),
+                           "fp32_layers": list(layers), "metric": value, "tie_breaker": tie,
+                           "added": list(layers), "passed": passed, "kept": True, "step": step})
+        if progress is not None:
+            progress(len(res.trials) - 1, value)
+        log.info("fallback %s trial: %d layer(s) in float -> %s", step, len(layers), value)
+        seen[frozenset(layers)] = passed
+        return passed
+
+    lo, hi, k = 0, None, 1
+    while len(res.trials) <= max_trials and order:
+        k = min(k, len(order))
+        if trial(order[:k], "gallop"):
+            hi = k
+            break
+        lo = k
+        if k == len(order):
+            break
+        k *= 2
+    if hi is None:
+        res.reason = ("no prefix of the ranking meets the target" if lo == len(order) else
+                      "")
+        return _keep_best(res, target, max_trials, sensitivity)
+    while hi - lo > 1 and len(res.trials) <= max_trials:
+        mid = (lo + hi) // 2
+        if trial(order[:mid], "bisect"):
+            hi = mid
+        else:
+            lo = mid
+    chosen = order[:hi]
+    for layer in reversed(order[:hi]):
+        if len(res.trials) > max_trials or len(chosen) <= 1:
+            break
+        rest = [n for n in chosen if n != layer]
+        if trial(rest, "prune"):
+            chosen = rest
+    res.reached = True
+    res.chosen = next(i for i, t in enumerate(res.trials) if set(t["fp32_layers"]) == set(chosen))
+    res.reason = f"target met with {len(chosen)} layer(s) in float"
     return res
 
 

@@ -7,8 +7,12 @@ one, benchmarks/corpus.py prints them as a table):
 * io: ``quantized.onnx`` has the source's input and output names, in the source's order;
 * batch 1 / batch 4: it runs on ONNX Runtime (CPU) and batch 4 row 0 equals batch 1;
 * dynamic: a symbolic or ``-1`` source batch is still not a fixed number;
-* lint: :func:`xtrt.lint.qdq.lint_qdq` errors (float ops and decode tail from quant_cfg.json allowed);
-* TensorRT-RTX: parse + build (body before plugins) and the Int8 share of the convolution layers;
+* lint: :func:`xtrt.lint.qdq.lint_qdq` errors and warnings of the written model alone (what xtrt
+  kept float on purpose is recorded in the model: ``kept_float``, not a hazard);
+* TensorRT-RTX (the report's engine judge, "TensorRT-RTX 1.7 AOT build, SM89"): accepted, Int8
+  convolutions / all, and the Float layers outside the Int8 convolutions of the written FP16
+  export, each with the reason the report gives, and of the FP32 export for contrast;
+* FP16: the worst output SQNR of the FP16 export and of the FP32 export on the held-out images;
 * fidelity: the report's task metric and worst output SQNR on the held-out images.
 """
 from __future__ import annotations
@@ -45,7 +49,16 @@ class CorpusResult:
     trt_error: str = ""
     int8_convs: int | None = None
     convs: int | None = None
-    trt_seconds: float = 0.0
+    lint_warnings: int | None = None
+    lint_kept_float: list[str] = field(default_factory=list)
+    convs_kept_float: int | None = None
+    float_islands: list[dict] | None = None         # Float layers outside Int8 convs, FP16 export
+    fp32_float_islands: list[dict] | None = None    # the same in the FP32 export (contrast)
+    kept_fp32: dict[str, str] = field(default_factory=dict)
+    fp32_sqnr_db: float | None = None
+    fp16_sqnr_db: float | None = None
+    fp16_delta_db: float | None = None
+    sqnr_resolution_db: float | None = None   # the figure's move under a 1e-5 input scaling
     fidelity: str = ""
     min_sqnr_db: float | None = None
     held_out: int | None = None
@@ -120,32 +133,55 @@ def _batch_checks(res: CorpusResult, quantized: Path, dynamic: bool) -> None:
         res.batch4_ok, res.batch_error = False, f"batch 4: {exc}"
 
 
-def _lint(res: CorpusResult, out_dir: Path, model) -> None:
-    from xtrt.lint.qdq import errors, lint_qdq
+def _lint(res: CorpusResult, model) -> None:
+    """Lint the written model alone, as any tool's model is linted: what xtrt kept float on
+    purpose it records in the model (xtrt.trt.kept_float), nothing else is declared."""
+    from xtrt.lint.qdq import errors, kept_float, lint_qdq
 
-    cfg = json.loads((out_dir / "quant_cfg.json").read_text())
-    floats = list(cfg.get("float_ops") or {}) + list(cfg.get("decode_tail") or [])
-    errs = errors(lint_qdq(model, float_nodes=floats))
-    res.lint_errors = len(errs)
-    res.lint_first = str(errs[0]) if errs else ""
+    found = lint_qdq(model)
+    errs = errors(found)
+    warns = [f for f in found if f.severity == "warning"]
+    res.lint_errors, res.lint_warnings = len(errs), len(warns)
+    res.lint_first = str((errs + warns)[0]) if errs or warns else ""
+    res.lint_kept_float = [f.message for f in kept_float(found)]
 
 
-def _trt(res: CorpusResult, quantized: Path) -> None:
-    from xtrt.lint.trt_rtx import build_with_trt_rtx, trt_rtx_available
+def _islands(judged: dict) -> list[dict]:
+    return [{"layer": x.get("layer"), "type": x.get("type"), "onnx_nodes": x.get("onnx_nodes"),
+             "reason": x.get("reason"), "unexplained": x.get("unexplained")}
+            for x in judged.get("fp32_islands") or []]
 
-    if not trt_rtx_available():
+
+def _trt(res: CorpusResult, report: dict, kept: dict[str, str]) -> None:
+    """The report's engine judge (xtrt.lint.trt_rtx, built by xtrt.quant): the written (FP16)
+    export and the FP32 export next to it."""
+    judged = report.get("engine")
+    if not judged or not judged.get("available", True):
         res.notes.append("tensorrt_rtx_bindings not installed: no TensorRT-RTX build")
         return
-    try:
-        rep = build_with_trt_rtx(quantized, build_body_only=True)
-    except Exception as exc:  # the builder's bindings raise RuntimeError/TypeError
-        res.trt_ok, res.trt_error = False, f"{type(exc).__name__}: {exc}"
+    res.trt_ok = bool(judged.get("accepted"))
+    if not res.trt_ok:
+        res.trt_error = ((judged.get("errors") or []) + ["no engine"])[0]
         return
-    res.trt_ok = rep.ok
-    if not rep.ok:
-        res.trt_error = (rep.parse_errors + rep.build_errors + ["no engine"])[0]
-    res.int8_convs, res.convs = rep.int8_convolutions, len(rep.convolutions)
-    res.trt_seconds = rep.seconds
+    res.int8_convs, res.convs = judged.get("int8_convolutions"), judged.get("convolutions")
+    res.float_islands = _islands(judged)
+    contrast = judged.get("fp32_export")
+    res.fp32_float_islands = _islands(contrast) if contrast else None
+    from xtrt.lint.trt_rtx import TrtLayer
+
+    layers = judged.get("engine_layers") or []
+    res.convs_kept_float = sum(      # convolution layers the exporter recorded as kept float
+        1 for x in layers if TrtLayer(x.get("layer", ""), x.get("type", "")).is_convolution
+        and x.get("in", [])[:1] != ["Int8"] and any(n in kept for n in x.get("onnx_nodes", [])))
+
+
+def _precision(res: CorpusResult, report: dict) -> None:
+    fid = (report.get("float_precision") or {}).get("fidelity") or {}
+    res.fp32_sqnr_db = (fid.get("fp32") or {}).get("sqnr_db")
+    res.fp16_sqnr_db = (fid.get("fp16") or {}).get("sqnr_db")
+    res.fp16_delta_db = fid.get("delta_sqnr_db")
+    res.sqnr_resolution_db = fid.get("resolution_db")
+    res.kept_fp32 = dict((report.get("float_precision") or {}).get("kept_fp32") or {})
 
 
 def _fidelity(res: CorpusResult, out_dir: Path) -> None:
@@ -185,8 +221,12 @@ def check_outputs(name: str, source: Path, out_dir: Path, res: CorpusResult | No
     res.dynamic_kept = (not q_first.HasField("dim_value") or q_first.dim_value <= 0) \
         if dynamic else None
     _batch_checks(res, quantized, dynamic)
-    _lint(res, out_dir, q)
-    _trt(res, quantized)
+    from xtrt.trt.kept_float import read_kept_float
+
+    report = json.loads((out_dir / "report.json").read_text())
+    _lint(res, q)
+    _trt(res, report, read_kept_float(q))
+    _precision(res, report)
     _fidelity(res, out_dir)
     return res
 

@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.quiet)
     t0 = time.perf_counter()
-    from xtrt.lint.qdq import hazard_counts, lint_qdq, summarize
+    from xtrt.lint.qdq import hazard_counts, kept_float, lint_qdq, summarize
     from xtrt.model.load import load_model
 
     path = Path(args.model)
@@ -85,14 +85,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     floats = _declared_float(path, args.quant_cfg)
     findings = lint_qdq(model, float_nodes=floats, strict=args.strict,
                         strongly_typed=True if args.strongly_typed else None)
+    kept = kept_float(findings)
     for f in findings:
-        if f.severity != "info" or args.show_info:
+        if f.severity != "info" or args.show_info or f in kept:
             print(f)
     counts = summarize(findings)
     hazards = hazard_counts(findings)
     print(f"hazards: {sum(hazards.values())}" + (" (" + ", ".join(f"{k} {v}" for k, v in
                                                                    hazards.items()) + ")"
-                                                  if hazards else ""))
+                                                  if hazards else "")
+          + f"; kept float by the exporter: {len(kept)}")
     failed = counts["error"] > 0
     extra = ""
     if args.trt_rtx:

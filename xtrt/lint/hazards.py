@@ -21,7 +21,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from xtrt.trt.rules import (COMMUTING_OP_TYPES, INT8_OP_TYPES, WEIGHTED_OP_TYPES, attr, commutes)
+from xtrt.trt.rules import (COMMUTING_OP_TYPES, INT8_OP_TYPES, WEIGHTED_OP_TYPES, commutes,
+                            padded_channels, weight_axis)
 
 __all__ = ["RULES", "check_hazards"]
 
@@ -179,8 +180,10 @@ def _dq_consumers(g, cons, F) -> list:
         if weight:
             s = g.consts.get(node.input[1]) if len(node.input) > 1 else None
             w = g.consts[node.input[0]]
-            if s is not None and s.size == 1 and w.ndim >= 2 and any(
-                    c.op_type in WEIGHTED_OP_TYPES for c, _ in cons.get(node.output[0], [])):
+            users = [c for c, _ in cons.get(node.output[0], []) if c.op_type in WEIGHTED_OP_TYPES]
+            axes = [weight_axis(c, w.ndim, 1) for c in users]
+            many = any(a is None or w.shape[a] > 1 for a in axes)   # one output channel: fine
+            if s is not None and s.size == 1 and w.ndim >= 2 and users and many:
                 found.append(F("warning", g.label(node), f"weight {node.input[0]} "
                                f"{list(w.shape)} has one scale for all output channels",
                                "per_tensor_weight"))
@@ -195,12 +198,7 @@ def _small_channels(g, inputs, F) -> list:
         dq_x, dq_w = g.dq_through(node.input[0], False), g.dq_through(node.input[1], True)
         if dq_x is None or dq_w is None or dq_w.input[0] not in g.consts:
             continue
-        w = g.consts[dq_w.input[0]]
-        group = int(attr(node, "group", 1) or 1)
-        cout, cin = (w.shape[0], w.shape[1] * group) if node.op_type == "Conv" else \
-            (w.shape[1] * group, w.shape[0])
-        small = [f"{k} {c}" for k, c in (("input channels", cin), ("output channels", cout))
-                 if c < 8 and c % 4]
+        small = padded_channels(node, g.consts[dq_w.input[0]].shape)
         if not small:
             continue
         q = g.producer.get(dq_x.input[0])

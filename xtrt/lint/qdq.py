@@ -22,7 +22,8 @@ import numpy as np
 from xtrt.model.graph import from_constants
 from xtrt.trt.rules import WEIGHTED_OP_TYPES, attr as _attr, weight_axis as _rule_axis
 
-__all__ = ["Finding", "COMPUTE_OPS", "lint_qdq", "errors", "summarize", "hazard_counts"]
+__all__ = ["Finding", "COMPUTE_OPS", "lint_qdq", "errors", "kept_float", "summarize",
+           "hazard_counts"]
 
 COMPUTE_OPS = WEIGHTED_OP_TYPES
 SEVERITIES = ("error", "warning", "info")
@@ -105,7 +106,8 @@ class _Graph:
         return None
 
 
-def _check_compute(g: _Graph, node, float_nodes: set[str], strict: bool) -> list[Finding]:
+def _check_compute(g: _Graph, node, float_nodes: set[str], strict: bool,
+                   kept: dict[str, str] | None = None) -> list[Finding]:
     label = g.label(node)
     op = node.op_type
     inputs = [i for i in node.input[:2] if i]
@@ -116,6 +118,9 @@ def _check_compute(g: _Graph, node, float_nodes: set[str], strict: bool) -> list
     quantized = {name: g.dq_through(name, allow_pass=(role == "weight")) is not None
                  for name, role in roles}
     if not any(quantized.values()):
+        if kept and node.name in kept:   # the exporter's own record (xtrt.trt.kept_float)
+            return [Finding("info", label, f"{op} {label} kept float by the exporter: "
+                            f"{kept[node.name]}", "kept_float")]
         if label in float_nodes or node.name in float_nodes:
             return [Finding("info", label, f"{op} kept in float as declared", "float")]
         sev = "error" if strict else "warning"
@@ -208,6 +213,9 @@ def lint_qdq(model, *, float_nodes: Iterable[str] = (), strict: bool = False,
     Args:
         model: an ``onnx.ModelProto`` (or a path to one).
         float_nodes: names of compute nodes that are float on purpose (reported as info).
+            The model's own record (:mod:`xtrt.trt.kept_float` metadata, written by
+            xtrt.quant) is read too: those nodes are ``kept_float`` findings (info, counted by
+            :func:`kept_float`, never a hazard).
         strict: report a compute node with no quantized input as an error, not a warning.
         strongly_typed: report FP32 regions outside Q/DQ (None: when the model has float16
             tensors, i.e. it was exported for a strongly-typed build).
@@ -225,7 +233,10 @@ def lint_qdq(model, *, float_nodes: Iterable[str] = (), strict: bool = False,
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception:  # plugin nodes or external data: the declared types are used
         pass
+    from xtrt.trt.kept_float import read_kept_float
+
     g = _Graph(model)
+    kept = read_kept_float(model)
     floats = set(float_nodes)
     found: list[Finding] = []
     has_qdq = False
@@ -236,12 +247,12 @@ def lint_qdq(model, *, float_nodes: Iterable[str] = (), strict: bool = False,
             has_qdq = True
             found += _check_qdq_node(g, node)
         elif node.op_type in COMPUTE_OPS:
-            found += _check_compute(g, node, floats, strict)
+            found += _check_compute(g, node, floats, strict, kept)
     if has_qdq:
         from xtrt.lint.hazards import check_hazards
 
         found += check_hazards(g, model, Finding, strongly_typed=strongly_typed,
-                               declared_fp32=floats)
+                               declared_fp32=floats | set(kept))
     else:  # one finding, not one per layer; a model with no Q/DQ never passes
         n = sum(1 for node in g.nodes if node.op_type in COMPUTE_OPS)
         found = [Finding("error", "<graph>",
@@ -265,6 +276,11 @@ def hazard_counts(findings: Sequence[Finding]) -> dict[str, int]:
         if f.severity in ("error", "warning"):
             out[f.check or "other"] = out.get(f.check or "other", 0) + 1
     return out
+
+
+def kept_float(findings: Sequence[Finding]) -> list[Finding]:
+    """The layers the model's exporter recorded as kept float on purpose (not hazards)."""
+    return [f for f in findings if f.check == "kept_float"]
 
 
 def errors(findings: Sequence[Finding]) -> list[Finding]:

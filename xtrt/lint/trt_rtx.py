@@ -20,12 +20,12 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from xtrt.errors import ModelError, XtrtError
 
 __all__ = ["LABEL", "TrtLayer", "BuildReport", "trt_rtx_available", "build_with_trt_rtx",
-           "parse_layers", "conv_int8_table", "engine_judge"]
+           "parse_layers", "conv_int8_table", "engine_judge", "engine_summary", "explain_islands"]
 
 log = logging.getLogger(__name__)
 
@@ -364,6 +364,37 @@ def conv_int8_table(report: BuildReport) -> Sequence[dict]:
     return [{"layer": c.name, "type": c.layer_type, "input": ",".join(c.input_types),
              "output": ",".join(c.output_types), "onnx_nodes": ", ".join(c.onnx_nodes)}
             for c in report.convolutions]
+
+
+_GLUE = {"QuantizeLinear", "DequantizeLinear", "Cast", "Identity"}
+
+
+def explain_islands(judged: dict, reasons: Mapping[str, str], model=None) -> dict:
+    """Give each of ``judged``'s ``fp32_islands`` (an :func:`engine_judge` dict) the reasons the
+    run recorded (``reasons``: ONNX node -> why it is float).  An island is explained when every
+    ONNX node it computes has a reason, Q/DQ/Cast glue (op types from ``model``) and the nodes of
+    the Int8 layers it shares aside; else its ``reason`` is None and ``unexplained`` lists the
+    nodes without one.  ``unexplained_fp32_islands`` counts those islands.  Returns ``judged``."""
+    types = {n.name: n.op_type for n in model.graph.node} if model is not None else {}
+    int8 = {n for x in judged.get("engine_layers") or [] if x.get("in", [None])[:1] == ["Int8"]
+            for n in x.get("onnx_nodes", [])}
+    islands = judged.get("fp32_islands") or []
+    for isl in islands:
+        nodes = [n for n in isl.get("onnx_nodes", []) if types.get(n) not in _GLUE]
+        own = [n for n in nodes if n not in int8] or nodes
+        isl["unexplained"] = [n for n in own if n not in reasons]
+        why = [f"{n}: {reasons[n]}" for n in own if n in reasons]
+        isl["reason"] = "; ".join(dict.fromkeys(why)) if why and not isl["unexplained"] else None
+    judged["unexplained_fp32_islands"] = sum(1 for isl in islands if not isl["reason"])
+    return judged
+
+
+def engine_summary(judged: dict) -> dict:
+    """The figures of an :func:`engine_judge` dict without its per-layer list (for a contrast
+    build, e.g. the FP32 export next to the written FP16 one)."""
+    keep = ("label", "accepted", "errors", "layers", "convolutions", "int8_convolutions",
+            "fp32_islands", "unexplained_fp32_islands", "half_layers", "copy_layers")
+    return {k: judged[k] for k in keep if k in judged}
 
 
 def engine_judge(model, **kwargs) -> dict:

@@ -237,10 +237,14 @@ def prepare_model(source, input_shape: Sequence[int] | None = None, input_name: 
         ref = onnx.ModelProto()
         ref.CopyFrom(body_src)
         check_shape = list(shape)
-        diff = _ort_check(ref, body, random_feeds(input_name, check_shape, others))
-        steps.append(f"ORT check vs original: max abs diff {diff:.3g}")
         if isinstance(batch_dim, str):
-            other = check_batch_runs(body, input_name, shape, others)
+            # a dynamic batch: compare at batch 1 (the full calibration batch made this check
+            # 8.5 s of a YOLOv8n 640 batch-8 run on 16 cores); check_batch_runs adds batch 2
+            check_shape[0] = 1
+        diff = _ort_check(ref, body, random_feeds(input_name, check_shape, others))
+        steps.append(f"ORT check vs original (batch {check_shape[0]}): max abs diff {diff:.3g}")
+        if isinstance(batch_dim, str):
+            other = check_batch_runs(body, input_name, check_shape, others)
             steps.append(f"runs at batch {other} too (batch {batch_dim} stays dynamic)")
 
     full = body

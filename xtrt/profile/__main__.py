@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MY_OPS.py",
                    help="load op handlers for plugin nodes (xtrt.ops.REGISTRY.register); repeatable")
     p.add_argument("--threads", type=_positive, help="ONNX Runtime intra-op threads")
+    p.add_argument("--workers", type=_positive, metavar="N",
+                   help="decode+preprocess threads for the parallel row (default: one per core, "
+                        "at most 8; 1: only today's single-thread figures)")
     p.add_argument("--max-images", type=_positive, default=64, help="photos used at most")
     p.add_argument("--no-trace", dest="trace", action="store_false",
                    help="time without the profiler (no traces, no top ops)")
@@ -99,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           compare=args.compare, out=args.out, imgsz=args.imgsz,
                           preprocess_plugin=args.preprocess_plugin, plugins=list(args.plugins),
                           int8=args.int8,
-                          threads=args.threads, max_images=args.max_images, trace=args.trace)
+                          threads=args.threads, workers=args.workers, max_images=args.max_images, trace=args.trace)
     try:
         result = profile_model(opts)
     except XtrtError as exc:

@@ -60,6 +60,7 @@ class ProfileOptions:
     plugins: list[str] = field(default_factory=list)   # op-handler files (xtrt.ops), e.g. my_ops.py
     int8: bool = False                   # ppq: the INT8-simulating executor
     threads: int | None = None
+    workers: int | None = None           # decode/preprocess threads for the N-worker row (None: cores)
     max_images: int = 64
     trace: bool = True                   # False: the same loop without the profiler (baseline)
     write: bool = True                   # False: measure only, write nothing
@@ -82,6 +83,7 @@ class ProfileResult:
                 "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "options": cmd, "device": self.verdict.device, "inputs": self.inputs,
                 "verdict": self.verdict.as_dict(), "notes": self.notes,
+                "workers": self.models[0].as_dict()["workers"],
                 "models": [m.as_dict() for m in self.models], "seconds": self.seconds,
                 "files": {"tensorboard_logdir": "tb", "trace": "trace.json", "sweep_png": "sweep.png",
                           "stages_png": "stages.png", "readme": "README.md"}}
@@ -161,8 +163,31 @@ def _profile_one(path: Path, label: str, opts: ProfileOptions, cfg, files, devic
             if Path(r.ort_profile).exists():
                 os.replace(r.ort_profile, final)
             r.ort_profile = os.path.relpath(final, work)
-    return ModelProfile(label, str(path), opts.backend, device, post_kind,
-                        [n.name for n in getattr(backend, "plugin_nodes", [])], results)
+    mp = ModelProfile(label, str(path), opts.backend, device, post_kind,
+                      [n.name for n in getattr(backend, "plugin_nodes", [])], results)
+    _workers_rows(mp, backend, feed, post, opts, device, plan)
+    return mp
+
+
+def _workers_rows(mp: ModelProfile, backend, feed, post, opts: ProfileOptions, device: str,
+                  plan) -> None:
+    """The "as you run it today" row and the N-worker row at the headline batch (photos only)."""
+    from xtrt.data.source import default_workers
+    from xtrt.profile.inputs import extra_feeds_for
+    from xtrt.profile.verdict import workers_line
+    from xtrt.profile.workers import measure_workers, row_from_result
+
+    n = default_workers() if opts.workers is None else int(opts.workers)
+    if feed.synthetic or n <= 1:
+        return
+    head = max(mp.batches, key=lambda r: r.batch)
+    today = row_from_result(head, 1, device)
+    row = measure_workers(backend, feed, post, head.batch, workers=n, steps=opts.steps,
+                          warmup=opts.warmup, device=device,
+                          extra_feeds=(lambda b: extra_feeds_for(plan, b)) if plan.others else None,
+                          progress=log.info)
+    mp.workers = [today, row]
+    mp.workers_line = workers_line(today, row)
 
 
 def _run_names(model: Path, compare: Path | None) -> tuple[str, str | None]:

@@ -74,22 +74,39 @@ class OrtBackend:
         self.body_outputs = [o.name for o in self.session.get_outputs()]
         self.output_shapes = [o.shape for o in self.session.get_outputs()]
         self.runs = 0
+        self._feeder = None
 
     def to_device(self, feeds: dict[str, np.ndarray]):
+        """CPU: the arrays as they are.  CUDA: pinned host buffers and an asynchronous copy on a
+        side stream (:mod:`xtrt.runtime.feed`); :meth:`sync` waits for it."""
         if self.device == "cpu":
             return feeds
-        import onnxruntime as ort
+        return self.feeder.put(feeds)
 
-        return {n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), "cuda", 0)
-                for n, a in feeds.items()}
+    @property
+    def feeder(self):
+        """The CUDA :class:`xtrt.runtime.feed.DeviceFeed` (made on first use)."""
+        if self._feeder is None:
+            from xtrt.runtime.feed import DeviceFeed
+
+            self._feeder = DeviceFeed("cuda")
+        return self._feeder
+
+    def host_buffer(self, name: str, shape, dtype, tag: int = 0) -> np.ndarray:
+        """A host buffer a producer can fill for :meth:`to_device` (pinned on CUDA)."""
+        if self.device == "cpu":
+            return np.empty(shape, dtype)
+        return self.feeder.host_buffer(name, shape, dtype, tag)
 
     def infer(self, dev):
         self.runs += 1
         if self.device == "cpu":
             return self.session.run(self.body_outputs, dev)
+        from xtrt.runtime.feed import bind_inputs
+
+        self.feeder.wait()       # the input copy has landed before ORT's stream reads it
         binding = self.session.io_binding()
-        for n, v in dev.items():
-            binding.bind_ortvalue_input(n, v)
+        bind_inputs(binding, dev, self.feeder.device_id)
         for n in self.body_outputs:
             binding.bind_output(n, "cuda")
         self.session.run_with_iobinding(binding)
@@ -99,7 +116,9 @@ class OrtBackend:
         return out if self.device == "cpu" else out.copy_outputs_to_cpu()
 
     def sync(self) -> None:
-        """ORT's Run returns after its stream is synchronised: nothing to wait for."""
+        """Wait for the input copy; ORT's Run itself returns after its stream is synchronised."""
+        if self._feeder is not None:
+            self._feeder.wait()
 
     def end_profiling(self) -> str | None:
         """Stop ORT's per-node profiler and return its JSON path (None when it was off)."""
@@ -142,13 +161,29 @@ class PpqBackend:
         dims = {o.name: dims_of(o) for o in model.graph.output}
         self.output_shapes = [dims.get(n, []) for n in self.body_outputs]
         self.runs = 0
+        self._feeder = None
 
     def to_device(self, feeds: dict[str, np.ndarray]):
         t = self._torch
+        if self.device == "cuda":   # pinned buffers, asynchronous copy (xtrt.runtime.feed)
+            if self._feeder is None:
+                from xtrt.runtime.feed import DeviceFeed
+
+                self._feeder = DeviceFeed("cuda")
+            return self._feeder.put(feeds)
         return {n: t.from_numpy(np.ascontiguousarray(a)).to(self.device) for n, a in feeds.items()}
+
+    def host_buffer(self, name: str, shape, dtype, tag: int = 0) -> np.ndarray:
+        """A host buffer a producer can fill for :meth:`to_device` (pinned on CUDA)."""
+        if self.device != "cuda":
+            return np.empty(shape, dtype)
+        self.to_device({})    # makes the feeder
+        return self._feeder.host_buffer(name, shape, dtype, tag)
 
     def infer(self, dev):
         self.runs += 1
+        if self._feeder is not None:
+            self._feeder.wait()      # the side-stream copy has landed before PPQ reads it
         with self._torch.no_grad():
             return self.ex.forward(dev)
 
@@ -158,6 +193,8 @@ class PpqBackend:
 
     def sync(self) -> None:
         if self.device == "cuda":
+            if self._feeder is not None:
+                self._feeder.wait()
             self._torch.cuda.synchronize()
 
     def end_profiling(self) -> str | None:

@@ -5,7 +5,8 @@ from typing import Sequence
 
 from xtrt.profile.verdict import STAGES
 
-__all__ = ["table", "stage_table", "latency_table", "top_ops_table", "render_result"]
+__all__ = ["table", "stage_table", "latency_table", "top_ops_table", "workers_table",
+           "render_result"]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence], align: str | None = None) -> str:
@@ -72,12 +73,30 @@ def top_ops_table(batch_result, n: int = 10) -> str:
                  "llrrrr")
 
 
+def workers_table(rows) -> str:
+    """Today's single-thread pipeline against N decode workers: images/s, shares and the bound."""
+    out = []
+    for r in rows:
+        what = "as you run it today (1 thread)" if r.workers == 1 else f"{r.workers} decode workers"
+        busy = "-" if r.gpu_busy_share is None else \
+            f"{r.gpu_busy_share:.0%}" + ("*" if r.gpu_busy_estimated else "")
+        out.append([what, f"{r.step_ms:.2f}", f"{r.throughput_ips:.1f}", f"{r.input_share:.0%}",
+                    f"{r.inference_share:.0%}", busy, r.label])
+    text = table(["pipeline", "step ms", "img/s", "decode+pre (wait)", "inference", "GPU busy",
+                  "bound"], out)
+    if any(r.gpu_busy_estimated for r in rows):
+        text += "\n* GPU busy estimated as the (synchronised) inference share, untraced"
+    return text
+
+
 def render_result(result) -> str:
     """The full report printed by ``python -m xtrt.profile`` (without the final summary line)."""
     synthetic = result.inputs.get("kind") == "synthetic"
     out = [f"verdict: {result.verdict.line}"]
     for why in result.verdict.reasons:
         out.append(f"  ({why})")
+    if result.models[0].workers_line:
+        out.append(f"decode workers: {result.models[0].workers_line}")
     src = ("synthetic tensors (no --images): decode/preprocess not measured" if synthetic else
            f"{result.inputs.get('files')} photo(s) from {result.inputs.get('source')}, "
            f"preprocess: {result.inputs.get('preprocess')}")
@@ -91,6 +110,10 @@ def render_result(result) -> str:
         for b in m.batches:
             out.append(f"  bs{b.batch}: {b.verdict.label}")
         head = max(m.batches, key=lambda r: r.batch)
+        if m.workers:
+            out.append("")
+            out.append(f"decode workers at batch {head.batch} (the N-worker row is untraced):")
+            out.append(workers_table(m.workers))
         out.append("")
         out.append(f"top ops at batch {head.batch} (summed over {head.latency_all.count} steps):")
         out.append(top_ops_table(head))

@@ -217,6 +217,9 @@ def run_step(feed, backend, post: Postprocess | None, batch: int,
     start = pc()
     if feed.synthetic:
         x = feed.batch(batch)
+    elif getattr(feed, "prefetched", False):
+        with stage("decode"):        # waiting for the workers (xtrt.profile.prefetch): the
+            x = feed.next(batch)     # decode + preprocess time they did not hide
     else:
         with stage("decode"):
             images = feed.decode(batch)

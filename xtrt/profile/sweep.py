@@ -63,11 +63,15 @@ class ModelProfile:
     postprocess: str
     plugin_nodes: list[str]
     batches: list[BatchResult]
+    workers: list = field(default_factory=list)   # WorkersRow: today's (1 thread), then N's
+    workers_line: str | None = None                # what the N-worker row says (verdict.workers_line)
 
     def as_dict(self) -> dict:
         return {"run": self.run_name, "path": self.path, "backend": self.backend,
                 "device": self.device, "postprocess": self.postprocess,
-                "plugin_nodes": self.plugin_nodes, "batches": [b.as_dict() for b in self.batches]}
+                "plugin_nodes": self.plugin_nodes, "batches": [b.as_dict() for b in self.batches],
+                "workers": {"rows": [r.as_dict() for r in self.workers], "line": self.workers_line}
+                if self.workers else None}
 
 
 def _peak_rss_mb() -> float:

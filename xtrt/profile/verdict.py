@@ -13,6 +13,7 @@ import numpy as np
 __all__ = [
     "STAGES", "HOST_INPUT_STAGES", "MODEL_STAGES", "LatencyStats", "Verdict", "latency_stats",
     "stage_shares", "union_busy", "decide", "GPU_BOUND_BUSY", "CPU_BOUND_BUSY", "DOMINANCE",
+    "WorkersRow", "workers_line",
 ]
 
 #: Pipeline stages in order; each is a ``record_function`` range of this name in the trace.
@@ -147,3 +148,63 @@ def decide(shares: Mapping[str, float], *, device: str, batch: int,
         reasons.append(f"decode+preprocess {pre:.0%} vs inference {inf:.0%} of wall time "
                        f"(a side wins at {DOMINANCE:g}x the other)")
     return Verdict(label, device, batch, shares, biggest, gpu_busy_share, reasons)
+
+
+#: labels that mean the host input pipeline (decode + preprocess) is the limit
+INPUT_BOUND = ("CPU-bound", "preprocessing-bound")
+#: labels that mean the model is the limit
+MODEL_BOUND = ("GPU-bound", "inference-bound")
+
+
+@dataclass
+class WorkersRow:
+    """One row of the decode-workers table: the pipeline with ``workers`` decode threads.
+
+    ``input_share`` is decode + preprocess for the serial run (1 worker) and the wait for the
+    workers for N; ``gpu_busy_estimated`` says the busy share is the inference share (untraced).
+    """
+
+    workers: int
+    batch: int
+    throughput_ips: float
+    step_ms: float
+    input_share: float
+    inference_share: float
+    gpu_busy_share: float | None
+    label: str
+    biggest_stage: str = ""
+    gpu_busy_estimated: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def workers_line(today: WorkersRow, row: WorkersRow) -> str:
+    """What the N-worker row says against today's: the bound, the speed-up and what to fix.
+
+    e.g. "CPU-bound at batch 32 with 1 decode thread (decode+preprocess 87%); with 8 workers:
+    GPU-bound, 3.1x more images/s (210 -> 650); fix: ..."
+    """
+    ratio = row.throughput_ips / today.throughput_ips if today.throughput_ips > 0 else 0.0
+    head = (f"{today.label} at batch {today.batch} with 1 decode thread "
+            f"(decode+preprocess {today.input_share:.0%})")
+    gain = f"{ratio:.1f}x more images/s" if ratio >= 1 else f"{ratio:.1f}x the images/s (slower)"
+    tail = (f"with {row.workers} workers: {row.label}, {gain} "
+            f"({today.throughput_ips:.1f} -> {row.throughput_ips:.1f})")
+    if row.label in INPUT_BOUND:
+        fix = (f"the input pipeline is still the limit (the step waits {row.input_share:.0%} for "
+               "decode+preprocess): more cores/workers or cheaper decoding and preprocessing")
+    elif row.label in MODEL_BOUND and today.label not in MODEL_BOUND:
+        fix = (f"decode with {row.workers} workers; then the model is the limit (inference "
+               f"{row.inference_share:.0%} of the step): a faster model (INT8, a TensorRT engine)")
+    elif row.label in MODEL_BOUND:
+        fix = (f"the model is the limit (inference {row.inference_share:.0%} of the step): a faster "
+               "model (INT8, a TensorRT engine); more decode workers change little")
+    else:
+        fix = (f"input ({row.input_share:.0%} waiting) and inference ({row.inference_share:.0%}) "
+               "are close: both matter")
+    if ratio < 1.05 and today.label in INPUT_BOUND:
+        fix += f"; {row.workers} workers gain nothing here: the cores are already busy"
+    elif ratio < 0.95:
+        fix += f"; the {row.workers} workers slow inference down (they share its cores)"
+    return f"{head}; {tail}; fix: {fix}"

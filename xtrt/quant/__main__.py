@@ -76,12 +76,33 @@ def render_terminal(res) -> str:
         parts.append(render_table(fb["trials"], [("trial", "trial", "d"),
                                                  ("n_fp32_layers", "FP32 layers", "d"),
                                                  ("metric", "metric", ".4f"),
+                                                 ("test_metric", "test", ".4f"),
                                                  ("passed", "target met", None),
                                                  ("kept", "kept float", None)],
                                   title=f"Fallback: {fb['reason']}"))
+        parts.append(fallback_curve_line(fb))
         if fb.get("why"):
             parts.append(f"Why: {fb['why']}")
     return "\n\n".join(parts)
+
+
+def fallback_curve_line(fb: dict) -> str:
+    """One line: float layers -> metric on the selection images (/ on the test images)."""
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    seen, pts = set(), []
+    for t in sorted(fb["trials"], key=lambda t: (t["n_fp32_layers"], -(t.get("metric") or 0))):
+        if t["n_fp32_layers"] in seen:
+            continue
+        seen.add(t["n_fp32_layers"])
+        test = f"/{f(t['test_metric'])}" if "test_metric" in t else ""
+        pts.append(f"{t['n_fp32_layers']}: {f(t.get('metric'))}{test}")
+    chosen = fb["trials"][fb["chosen"]]
+    has_test = any("test_metric" in t for t in fb["trials"])
+    return (f"Fallback curve (float layers: selection{'/test' if has_test else ''} metric): "
+            f"{', '.join(pts)}; chosen {chosen['n_fp32_layers']} layer(s)"
+            f"{'' if fb['reached'] else ' (target not met)'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -86,10 +86,15 @@ def placed_activations(model, placement) -> list[str]:
                               for t in n.input if t and t not in inits))
 
 
-def calibrate(cfg: Config, prepared, placement, source, *, progress: bool = True) -> Calibrated:
-    """Calibrate ``prepared`` on the batches of ``source`` (re-iterable, streamed)."""
+def calibrate(cfg: Config, prepared, placement, source, *, progress: bool = True,
+              keep_session: bool = False) -> Calibrated:
+    """Calibrate ``prepared`` on the batches of ``source`` (re-iterable, streamed).
+
+    ``keep_session``: keep the CUDA statistics session (and its GPU buffers) for a next call
+    on the same model (benchmarks timing several methods); by default it is dropped.
+    """
     from xtrt.backend import ppq as ppq_backend
-    from xtrt.quant.observe import collect_statistics
+    from xtrt.quant.observe import collect_statistics, release_sessions
 
     from xtrt.quant import techniques
 
@@ -109,6 +114,8 @@ def calibrate(cfg: Config, prepared, placement, source, *, progress: bool = True
     stats = collect_statistics(prepared.body, tensors, lambda: (b.feeds for b in source),
                                plan.methods, device=cfg.device,
                                progress="calibration statistics" if progress else None)
+    if not keep_session:
+        release_sessions()
     first = plan.methods[0]
     # PPQ traces shapes on one sample; with the statistics given it runs no calibration pass
     head = [b.feeds for b in itertools.islice(iter(source), 1)]

@@ -22,7 +22,7 @@ import numpy as np
 
 from xtrt.model.graph import toposort
 
-__all__ = ["FP16_SAFE", "convert_fp16", "fp32_reasons", "float_regions"]
+__all__ = ["FP16_SAFE", "convert_fp16", "fp32_reasons", "float_regions", "output_writers"]
 
 FP16_SAFE = 8192.0
 _FLOAT, _HALF = 1, 10          # onnx.TensorProto.FLOAT / FLOAT16
@@ -196,3 +196,51 @@ def float_regions(model) -> dict[str, int]:
         elif _HALF in ts:
             counts["fp16"] += 1
     return counts
+
+
+def output_writers(model) -> dict[str, str]:
+    """Node -> reason for the float tail that writes a float32 graph output: the nodes every
+    path from which leads to graph outputs without passing a Q/DQ pair or an INT8 layer (e.g. a
+    classifier's bias Add and Softmax, the output Cast).  Graph outputs keep their types in the
+    FP16 export, so a builder may fuse that tail into one float32 kernel."""
+    from collections import defaultdict
+
+    g = model.graph
+    outs = {o.name for o in g.output if o.type.tensor_type.elem_type == _FLOAT}
+    consumers = defaultdict(list)
+    for n in g.node:
+        for t in n.input:
+            if t:
+                consumers[t].append(n)
+    producer = {o: n for n in g.node for o in n.output if o}
+    tail: dict[str, str] = {}        # node -> the graph output it writes
+
+    def from_dq(t: str) -> bool:          # through the FP16 export's Casts
+        p = producer.get(t)
+        while p is not None and p.op_type == "Cast":
+            p = producer.get(p.input[0])
+        return p is not None and p.op_type == "DequantizeLinear"
+
+    def int8_layer(n) -> bool:             # Q/DQ, or a layer (or Cast) reading a DequantizeLinear
+        return n.op_type in ("QuantizeLinear", "DequantizeLinear") or \
+            bool(n.input) and from_dq(n.input[0])
+    for n in reversed(list(toposort(list(g.node), {i.name for i in g.input} |
+                                    {t.name for t in g.initializer}, what="the model"))):
+        if int8_layer(n) or not any(o for o in n.output):
+            continue
+        reach = []
+        for o in n.output:
+            if not o:
+                continue
+            if o in outs:
+                reach.append(o)
+            users = consumers.get(o, [])
+            if any(u.name not in tail for u in users) or not (users or o in outs):
+                break
+            reach += [tail[u.name] for u in users]
+        else:
+            if reach:
+                tail[n.name] = reach[0]
+    return {n: f"writes graph output {o} after the last INT8 layer; graph outputs keep their "
+               "float32 type (graph inputs and outputs keep their types)"
+            for n, o in tail.items()}

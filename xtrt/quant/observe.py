@@ -21,8 +21,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from xtrt.quant.buffers import OutputBuffers, inferred_specs as _inferred_specs
+from xtrt.runtime.feed import DeviceFeed, bind_inputs
+
 __all__ = ["FAST_METHODS", "PERCENTILE", "collect_ranges", "collect_statistics", "batch_range",
-           "OutputBuffers"]
+           "OutputBuffers", "release_sessions"]
 
 log = logging.getLogger(__name__)
 
@@ -49,29 +52,43 @@ def collect_ranges(model, tensors: Sequence[str], batches: Iterable[dict[str, np
     """(low, high) per tensor of ``model`` over ``batches`` (see the module docstring)."""
     if method not in ("percentile", "minmax"):
         raise ValueError(f"collect_ranges supports percentile and minmax, not {method!r}")
-    runner = _StatsRunner(model, tensors, device)
-    names = runner.names
-    lows: dict[str, list[float]] = {t: [] for t in names}
-    highs: dict[str, list[float]] = {t: [] for t in names}
-    it = batches
-    if progress:
-        from tqdm import tqdm
-        it = tqdm(batches, desc=progress, unit="batch", leave=False)
-    for feeds in it:
-        values = runner.run(feeds)
-        for t, v in zip(names, values):
-            lo, hi = runner.batch_range(v, method)
-            lows[t].append(lo)
-            highs[t].append(hi)
-    out = {}
-    for t in names:
-        if not lows[t]:
-            continue
-        if method == "minmax":
-            out[t] = (min(lows[t]), max(highs[t]))
-        else:
-            out[t] = (float(np.mean(lows[t])), float(np.mean(highs[t])))
-    return out
+    runner = _runner(model, tensors, device)
+    acc = _RangeAcc(runner, [method])
+    for feeds in _bar(batches, progress):
+        acc.add(runner.run(feeds))
+    return acc.ranges(method) if acc.rows[method] else {}
+
+
+_RUNNERS: dict[tuple, "_StatsRunner"] = {}     # the last CUDA statistics runner, reused
+
+
+def _runner(model, tensors: Sequence[str], device: str) -> "_StatsRunner":
+    """A statistics runner for ``model`` and ``tensors``.  On CUDA the last one is kept and
+    reused when the same model and tensors come again (method search, per-tensor choice,
+    a second method): its session, cuDNN plans and buffers are the per-call fixed cost."""
+    if device != "cuda":
+        return _StatsRunner(model, tensors, device)
+    import hashlib
+
+    key = (hashlib.sha1(model.SerializeToString()).hexdigest(), tuple(dict.fromkeys(tensors)))
+    found = _RUNNERS.get(key)
+    if found is None:
+        _RUNNERS.clear()                      # one at a time: its buffers are GPU memory
+        found = _RUNNERS[key] = _StatsRunner(model, tensors, device)
+    return found
+
+
+def release_sessions() -> None:
+    """Drop the kept CUDA statistics runner (its ORT session and torch buffers)."""
+    _RUNNERS.clear()
+
+
+def _bar(it, desc: str | None):
+    """``it`` with a tqdm bar when ``desc`` is given."""
+    if not desc:
+        return it
+    from tqdm import tqdm
+    return tqdm(it, desc=desc, unit="batch", leave=False)
 
 
 class _StatsRunner:
@@ -81,46 +98,122 @@ class _StatsRunner:
     ``torch.topk`` 3x on CPU).  On CUDA the outputs stay on the GPU (I/O binding into torch
     buffers) and torch reduces them there: copying every activation of every batch to the host
     and reducing it in numpy took the calibrate stage of a YOLOv8n 640 run (32 images, four
-    methods) to 40.2 s on an H100; reduced on the GPU it takes 7.3 s.
+    methods) to 40.2 s on an H100; reduced on the GPU it takes 7.3 s.  The per-batch reductions
+    (:class:`_RangeAcc`, :class:`_HistAcc`) stay on the device too: one host transfer per pass,
+    not one per tensor and batch.  The output shapes come from ONNX shape inference (ORT then
+    never allocates the activations itself, which left them in its arena), and a short last
+    batch is padded to the full batch (the padding sliced off before any reduction), so it
+    needs neither new buffers nor new cuDNN plans.
     """
 
-    def __init__(self, model, tensors: Sequence[str], device: str, *, torch_reduce: bool | None = None):
-        self.sess, self.names = _stats_session(model, tensors, device)
+    def __init__(self, model, tensors: Sequence[str], device: str, *, torch_reduce: bool | None = None,
+                 pad: bool | None = None):
         self.cuda = device == "cuda"
+        self.sess, self.names = _stats_session(model, tensors, device,
+                                               cuda_options=STATS_CUDA_OPTIONS if self.cuda else None)
         self.torch = self.cuda if torch_reduce is None else bool(torch_reduce)  # tests: torch on CPU
+        self._model = model
         self._buffers = OutputBuffers(self._output_specs, self._allocate)
+        self._bindings: dict[int, object] = {}
+        self._full: dict[str, tuple] | None = None      # the first batch's input shapes
+        self._full_out: list[tuple] | None = None       # the first batch's output shapes
+        self._pad_ok: bool | None = None                # every output batch-major (dim 0)
+        self.pad = self.cuda if pad is None else bool(pad)
+        self._shrink = False                            # free ORT's arena after a specs run
+        self.padded = 0                                 # short batches padded (tests count)
+        self._feed = DeviceFeed("cuda") if self.cuda else None
 
     def run(self, feeds: dict[str, np.ndarray]) -> list:
-        if not self.cuda:
+        """The statistics tensors for ``feeds`` (numpy on the numpy path, else torch tensors;
+        on CUDA views of device buffers valid until the next call)."""
+        feeds, real = self._pad(feeds) if self.pad else (feeds, None)
+        if self.cuda:
+            outs = self._run_cuda(feeds)
+        else:
             outs = self.sess.run(self.names, feeds)
-            if not self.torch:
-                return outs
-            import torch
+            if self.torch:
+                import torch
 
-            return [torch.from_numpy(o) for o in outs]
+                outs = [torch.from_numpy(o) for o in outs]
+        if self._full_out is None:
+            self._full_out = [tuple(o.shape) for o in outs]
+        return outs if real is None else [o[:real] for o in outs]
+
+    def _pad(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int | None]:
+        """``feeds`` padded to the first batch's size by repeating its last sample, and the real
+        count (None when not padded: a full batch, or outputs that are not all batch-major)."""
+        shapes = {n: tuple(np.shape(a)) for n, a in feeds.items()}
+        if self._full is None:
+            self._full = shapes
+            return feeds, None
+        full = self._full
+        if set(shapes) == set(full) and all(len(s) == len(full[n]) and s[1:] == full[n][1:]
+                                            and s[0] > full[n][0] for n, s in shapes.items()):
+            self._full, self._full_out, self._pad_ok = shapes, None, None   # a larger batch
+            return feeds, None
+        if shapes == full or set(shapes) != set(full) or any(
+                len(s) == 0 or len(s) != len(full[n]) or s[1:] != full[n][1:] or s[0] >= full[n][0]
+                for n, s in shapes.items()):
+            return feeds, None
+        real = {s[0] for s in shapes.values()}
+        if len(real) != 1 or len({s[0] for s in full.values()}) != 1:
+            return feeds, None
+        if self._pad_ok is None:      # the first batch's outputs tell whether dim 0 is the batch
+            b = next(iter(full.values()))[0]
+            self._pad_ok = all(len(s) > 0 and s[0] == b for s in self._full_out or [()])
+        if not self._pad_ok:
+            return feeds, None
+        m = real.pop()
+        out = {}
+        for n, a in feeds.items():
+            a = np.asarray(a)
+            b = full[n][0]
+            out[n] = np.concatenate([a, np.repeat(a[-1:], b - m, axis=0)], axis=0)
+        self.padded += 1
+        return out, m
+
+    def _run_cuda(self, feeds: dict[str, np.ndarray]) -> list:
         import torch
 
         buffers = self._buffers.get(feeds)
-        binding = self.sess.io_binding()
-        for n, a in feeds.items():
-            binding.bind_cpu_input(n, np.ascontiguousarray(a))
-        bound = 0
+        kept = self._bindings.get(id(buffers))
+        binding = kept[1] if kept is not None and kept[0] is buffers else None   # ids are reused
+        if binding is None:
+            if len(self._bindings) >= self._buffers.keep:
+                self._bindings.clear()
+            binding = self.sess.io_binding()
+            self._bindings[id(buffers)] = (buffers, binding)
+            for n, b in zip(self.names, buffers):
+                if n not in feeds:
+                    binding.bind_output(n, "cuda", 0, _np_dtype(b).type, tuple(b.shape), b.data_ptr())
+        dev = self._feed.put(feeds)   # pinned buffers, asynchronous copy (xtrt.runtime.feed)
+        torch.cuda.current_stream().synchronize()      # the last batch's reductions read buffers
+        self._feed.wait()
+        bind_inputs(binding, dev, self._feed.device_id)
         for n, b in zip(self.names, buffers):
             if n in feeds:    # a graph input: ORT leaves a buffer bound to it unwritten (seen on
-                b.copy_(torch.from_numpy(np.ascontiguousarray(feeds[n])))   # an H200): copy it
-            else:
-                binding.bind_output(n, "cuda", 0, _np_dtype(b).type, tuple(b.shape), b.data_ptr())
-                bound += 1
-        if bound:
-            self.sess.run_with_iobinding(binding)
+                b.copy_(dev[n])                                            # an H200): copy it
+        if any(n not in feeds for n in self.names):
+            opts = None
+            if self._shrink:                           # give back what a specs run left
+                import onnxruntime as ort
+
+                opts = ort.RunOptions()
+                opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", "gpu:0")
+                self._shrink = False
+            self.sess.run_with_iobinding(binding, opts)
             binding.synchronize_outputs()
         return buffers
 
     def _output_specs(self, feeds: dict[str, np.ndarray]) -> list[tuple[tuple[int, ...], np.dtype]]:
-        """(shape, dtype) of every output for ``feeds``: one run with the outputs left on the
-        device (no host round trip of every activation, which cost seconds a method at batch 32)."""
+        """(shape, dtype) of every output for ``feeds``: from ONNX shape inference where it gives
+        every dimension, else one run with the outputs left on the device (no host round trip of
+        every activation, which cost seconds a method at batch 32)."""
         from onnx.helper import tensor_dtype_to_np_dtype
 
+        inferred = _inferred_specs(self._model, self.names, feeds)
+        if inferred is not None:
+            return inferred
         outs = [n for n in self.names if n not in feeds]
         specs = {n: (tuple(a.shape), np.dtype(a.dtype)) for n, a in feeds.items()}
         if outs:
@@ -133,6 +226,7 @@ class _StatsRunner:
             for n, v in zip(outs, binding.get_outputs()):
                 specs[n] = (tuple(v.shape()), np.dtype(tensor_dtype_to_np_dtype(v.element_type())))
             binding.clear_binding_outputs()
+            self._shrink = True
         return [specs[n] for n in self.names]
 
     @staticmethod
@@ -143,20 +237,12 @@ class _StatsRunner:
                 for shape, dt in specs]
 
     def batch_range(self, v, method: str) -> tuple[float, float]:
+        """(low, high) of one batch of one tensor as Python floats (a host sync on torch: the
+        passes use :class:`_RangeAcc`, which keeps them on the device)."""
         if not self.torch:
             return batch_range(v, method)
-        import torch
-
-        flat = v.reshape(-1).float()
-        if method == "minmax" or flat.numel() < 2:
-            lo, hi = torch.aminmax(flat)
-            return float(lo), float(hi)
-        n = flat.numel()
-        lo = max(0, int(n * (1 - PERCENTILE)))       # the same 0-based ranks as batch_range
-        hi = min(int(n * PERCENTILE), n - 1)
-        low = torch.topk(flat, lo + 1, largest=False, sorted=False).values.max()
-        high = torch.topk(flat, n - hi, largest=True, sorted=False).values.min()
-        return float(low), float(high)
+        lo, hi = _torch_range(v, method)
+        return float(lo), float(hi)
 
     def abs_max(self, v) -> float:
         if not self.torch:
@@ -168,13 +254,117 @@ class _StatsRunner:
         if not self.torch:
             h, _ = np.histogram(np.abs(v).reshape(-1), bins=bins, range=(0.0, top))
             return h
-        import torch
+        return _torch_abs_hist(v, bins, top).cpu().numpy().astype(np.int64)
 
-        a = v.reshape(-1).float().abs()
-        a = a[a <= top]
-        # exact integer counts (torch.histc counts in float32 and stalls above 2**24 per bin)
-        idx = torch.clamp((a * (bins / top)).long(), max=bins - 1)
-        return torch.bincount(idx, minlength=bins).cpu().numpy().astype(np.int64)
+
+#: ONNX Runtime CUDA EP options of the statistics session: grow the arena by what is asked, not
+#: to the next power of two (the activations live in torch buffers; ORT holds only the rest)
+#: and take cuDNN's heuristic conv plans (an exhaustive search cost a new YOLOv8n 640 b32 session
+#: about 1 s on an H200, the plans it found no faster) without its maximal workspace
+STATS_CUDA_OPTIONS: dict[str, str] = {"arena_extend_strategy": "kSameAsRequested",
+                                      "cudnn_conv_algo_search": "HEURISTIC",
+                                      "cudnn_conv_use_max_workspace": "0"}
+HIST_CHUNK = 1 << 24     # torch.histc counts in float32: exact up to 2**24 a bin, so chunk by that
+
+
+def _torch_range(v, method: str):
+    """(low, high) of one tensor as 0-d tensors on its device (no host sync)."""
+    import torch
+
+    flat = v.reshape(-1)
+    if flat.dtype != torch.float32:
+        flat = flat.float()
+    if method == "minmax" or flat.numel() < 2:
+        return torch.aminmax(flat)
+    n = flat.numel()
+    lo = max(0, int(n * (1 - PERCENTILE)))       # the same 0-based ranks as batch_range
+    hi = min(int(n * PERCENTILE), n - 1)
+    low = torch.topk(flat, lo + 1, largest=False, sorted=False).values.max()
+    high = torch.topk(flat, n - hi, largest=True, sorted=False).values.min()
+    return low, high
+
+
+def _torch_abs_hist(v, bins: int, top: float):
+    """Histogram of |v| over [0, top] (``torch.histc``: values above ``top`` dropped, the last
+    bin closed) as a float64 tensor on v's device, counted in chunks of ``HIST_CHUNK`` (exact
+    float32 counts, bounded temporaries) and with no host sync."""
+    import torch
+
+    flat = v.reshape(-1)
+    out = torch.zeros(bins, dtype=torch.float64, device=flat.device)
+    for i in range(0, flat.numel(), HIST_CHUNK):
+        part = flat[i:i + HIST_CHUNK].float().abs()
+        out += torch.histc(part, bins=bins, min=0.0, max=float(top)).double()
+    return out
+
+
+class _RangeAcc:
+    """Per-batch (low, high) of every tensor for the methods asked, kept where they were computed
+    (device 0-d tensors on torch, floats on numpy) and brought to the host once at the end."""
+
+    def __init__(self, runner: _StatsRunner, methods: Sequence[str]):
+        self.runner, self.methods = runner, list(methods)
+        self.rows: dict[str, list] = {m: [] for m in self.methods}   # per batch: [2 * tensors]
+
+    def add(self, values: Sequence) -> None:
+        for m in self.methods:
+            if self.runner.torch:
+                import torch
+
+                pairs = [x for v in values for x in _torch_range(v, m)]
+                self.rows[m].append(torch.stack(pairs) if pairs else None)
+            else:
+                self.rows[m].append([x for v in values for x in batch_range(v, m)])
+
+    def table(self, method: str) -> np.ndarray:
+        """[batches, tensors, 2] float64 of (low, high)."""
+        rows = self.rows[method]
+        n = len(self.runner.names)
+        if not rows or n == 0:
+            return np.zeros((len(rows), n, 2))
+        if self.runner.torch:
+            import torch
+
+            arr = torch.stack(rows).double().cpu().numpy()
+        else:
+            arr = np.asarray(rows, dtype=np.float64)
+        return arr.reshape(len(rows), n, 2)
+
+    def ranges(self, method: str) -> dict[str, tuple[float, float]]:
+        """minmax: min of lows / max of highs; percentile: the batch means (PPQ's rules)."""
+        t = self.table(method)
+        if method == "minmax":
+            lo, hi = t[:, :, 0].min(axis=0), t[:, :, 1].max(axis=0)
+        else:
+            lo, hi = t[:, :, 0].mean(axis=0), t[:, :, 1].mean(axis=0)
+        return {name: (float(lo[i]), float(hi[i])) for i, name in enumerate(self.runner.names)}
+
+
+class _HistAcc:
+    """Histograms of |x| per tensor over [0, top], summed over batches on the device."""
+
+    def __init__(self, runner: _StatsRunner, bins: int, tops: Sequence[float]):
+        self.runner, self.bins, self.tops = runner, bins, list(tops)
+        self.sums = None
+
+    def add(self, values: Sequence) -> None:
+        if self.runner.torch:
+            import torch
+
+            h = torch.stack([_torch_abs_hist(v, self.bins, top)
+                             for v, top in zip(values, self.tops)])
+        else:
+            h = np.stack([self.runner.abs_hist(v, self.bins, top)
+                          for v, top in zip(values, self.tops)]).astype(np.int64)
+        self.sums = h if self.sums is None else self.sums + h
+
+    def counts(self) -> np.ndarray:
+        """[tensors, bins] int64."""
+        if self.sums is None:
+            return np.zeros((len(self.runner.names), self.bins), np.int64)
+        if self.runner.torch:
+            return np.rint(self.sums.cpu().numpy()).astype(np.int64)
+        return self.sums
 
 
 def _np_dtype(t) -> np.dtype:
@@ -184,32 +374,7 @@ def _np_dtype(t) -> np.dtype:
     return np.dtype(torch.empty(0, dtype=t.dtype).numpy().dtype)
 
 
-class OutputBuffers:
-    """Output buffers of a statistics session, one set per input shape, made once.
-
-    ``specs(feeds)`` gives each output's (shape, dtype) for those feeds and ``allocate(specs)``
-    the buffers.  A short last batch gets its own set, kept beside the full-batch one, so the
-    next pass (which starts with a full batch again) neither learns the shapes again nor
-    reallocates; at most ``keep`` shapes are held (the oldest dropped first).
-    """
-
-    def __init__(self, specs: Callable, allocate: Callable, keep: int = 2):
-        self._specs, self._allocate, self.keep = specs, allocate, keep
-        self._sets: dict[tuple, list] = {}
-        self.made = 0                       # sets allocated (what the tests count)
-
-    def get(self, feeds: dict[str, np.ndarray]) -> list:
-        key = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in feeds.items())
-        found = self._sets.get(key)
-        if found is None:
-            while len(self._sets) >= self.keep:
-                self._sets.pop(next(iter(self._sets)))
-            found = self._sets[key] = self._allocate(self._specs(feeds))
-            self.made += 1
-        return found
-
-
-def _stats_session(model, tensors: Sequence[str], device: str):
+def _stats_session(model, tensors: Sequence[str], device: str, cuda_options: dict | None = None):
     """An ORT session of ``model`` whose outputs are exactly ``tensors``."""
     from xtrt.model.split import with_outputs
     from xtrt.runtime.session import make_session
@@ -219,7 +384,7 @@ def _stats_session(model, tensors: Sequence[str], device: str):
     missing = [t for t in names if t not in produced]
     if missing:
         raise ValueError(f"tensors not in the graph: {missing[:3]}")
-    return make_session(with_outputs(model, names), device), names
+    return make_session(with_outputs(model, names), device, cuda_options=cuda_options), names
 
 
 def collect_histograms(model, tensors: Sequence[str], batches: Sequence[dict[str, np.ndarray]], *,
@@ -227,24 +392,26 @@ def collect_histograms(model, tensors: Sequence[str], batches: Sequence[dict[str
                        ) -> dict[str, tuple[np.ndarray, float]]:
     """Per tensor: (histogram of |x| as int64 [bins], bin width), over two passes of ``batches``."""
     bins = HIST_BINS[method]
-    runner = _StatsRunner(model, tensors, device)
-    names = runner.names
+    runner = _runner(model, tensors, device)
     batches = list(batches)
-    amax = {t: 0.0 for t in names}
-    steps = batches + batches
-    it = iter(steps)
-    if progress:
-        from tqdm import tqdm
-        it = iter(tqdm(steps, desc=progress, unit="batch", leave=False))
-    for _ in batches:                                    # pass 1: the range
-        for t, v in zip(names, runner.run(next(it))):
-            amax[t] = max(amax[t], runner.abs_max(v))
-    hists = {t: np.zeros(bins, np.int64) for t in names}
-    for _ in batches:                                    # pass 2: the histogram
-        for t, v in zip(names, runner.run(next(it))):
-            top = amax[t] if amax[t] > 0 else 1.0
-            hists[t] += runner.abs_hist(v, bins, top)
-    return {t: (hists[t], (amax[t] if amax[t] > 0 else 1.0) / bins) for t in names}
+    ranges = _RangeAcc(runner, ["minmax"])
+    for feeds in _bar(batches, progress and f"{progress} (1/2)"):        # pass 1: the range
+        ranges.add(runner.run(feeds))
+    tops = _tops(ranges)
+    hist = _HistAcc(runner, bins, tops)
+    for feeds in _bar(batches, progress and f"{progress} (2/2)"):        # pass 2: the histogram
+        hist.add(runner.run(feeds))
+    counts = hist.counts()
+    return {t: (counts[i], tops[i] / bins) for i, t in enumerate(runner.names)}
+
+
+def _tops(ranges: _RangeAcc) -> list[float]:
+    """max |x| per tensor from the minmax table (1.0 where all zeros): the histograms' range."""
+    t = ranges.table("minmax")
+    if t.shape[0] == 0:
+        return [1.0] * t.shape[1]
+    amax = np.abs(t).max(axis=(0, 2))
+    return [float(v) if v > 0 else 1.0 for v in amax]
 
 
 def collect_statistics(model, tensors: Sequence[str],
@@ -258,55 +425,35 @@ def collect_statistics(model, tensors: Sequence[str],
     mse) one histogram of |x| over ``[0, max|x|]`` with kl's 4096 bins, from which mse's 2048-bin
     histogram is the sum of neighbouring bins (the same edges).  Returns
     ``{method: {"ranges": ...}}`` or ``{method: {"hists": ...}}`` as the one-method collectors do.
+    On CUDA every per-batch figure stays on the device until the end of its pass.
     """
     methods = list(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in FAST_METHODS]
     if unknown:
         raise ValueError(f"unknown calibration method(s) {unknown}")
-    runner = _StatsRunner(model, tensors, device)
+    runner = _runner(model, tensors, device)
     names = runner.names
-    want_pct = "percentile" in methods
     hist_methods = [m for m in methods if m in HIST_BINS]
-    lows = {m: {t: [] for t in names} for m in ("percentile", "minmax")}
-    highs = {m: {t: [] for t in names} for m in ("percentile", "minmax")}
-    amax = {t: 0.0 for t in names}
-
-    def bar(it, desc):
-        if not progress:
-            return it
-        from tqdm import tqdm
-        return tqdm(it, desc=desc, unit="batch", leave=False)
-
-    n_batches = 0
-    for feeds in bar(batches(), progress if not hist_methods else f"{progress} (1/2)"):
-        n_batches += 1
-        for t, v in zip(names, runner.run(feeds)):
-            lo, hi = runner.batch_range(v, "minmax")
-            lows["minmax"][t].append(lo), highs["minmax"][t].append(hi)
-            amax[t] = max(amax[t], abs(lo), abs(hi))
-            if want_pct:
-                lo, hi = runner.batch_range(v, "percentile")
-                lows["percentile"][t].append(lo), highs["percentile"][t].append(hi)
+    ranges = _RangeAcc(runner, ["minmax"] + (["percentile"] if "percentile" in methods else []))
+    for feeds in _bar(batches(), progress if not hist_methods or not progress
+                      else f"{progress} (1/2)"):
+        ranges.add(runner.run(feeds))
     out: dict[str, dict] = {}
-    if n_batches == 0:
+    if not ranges.rows["minmax"]:
         return out
-    if "minmax" in methods:
-        out["minmax"] = {"ranges": {t: (min(lows["minmax"][t]), max(highs["minmax"][t]))
-                                    for t in names}}
-    if want_pct:
-        out["percentile"] = {"ranges": {t: (float(np.mean(lows["percentile"][t])),
-                                            float(np.mean(highs["percentile"][t])))
-                                        for t in names}}
+    for m in ("minmax", "percentile"):
+        if m in methods:
+            out[m] = {"ranges": ranges.ranges(m)}
     if hist_methods:
         bins = HIST_BINS["kl"]
-        hists = {t: np.zeros(bins, np.int64) for t in names}
-        for feeds in bar(batches(), f"{progress} (2/2)" if progress else None):
-            for t, v in zip(names, runner.run(feeds)):
-                top = amax[t] if amax[t] > 0 else 1.0
-                hists[t] += runner.abs_hist(v, bins, top)
+        tops = _tops(ranges)
+        hist = _HistAcc(runner, bins, tops)
+        for feeds in _bar(batches(), f"{progress} (2/2)" if progress else None):
+            hist.add(runner.run(feeds))
+        counts = hist.counts()
         for m in hist_methods:
             mb = HIST_BINS[m]
             merge = bins // mb
-            out[m] = {"hists": {t: (hists[t].reshape(mb, merge).sum(axis=1),
-                                    (amax[t] if amax[t] > 0 else 1.0) / mb) for t in names}}
+            out[m] = {"hists": {t: (counts[i].reshape(mb, merge).sum(axis=1), tops[i] / mb)
+                                for i, t in enumerate(names)}}
     return {m: out[m] for m in methods if m in out}

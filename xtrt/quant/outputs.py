@@ -17,7 +17,8 @@ from xtrt.outdir import OutputDir
 
 from xtrt.quant.result import QuantResult, RunRecord
 
-__all__ = ["QUANT_OUTPUTS", "OutputClaim", "claim_output_dir", "write_outputs"]
+__all__ = ["QUANT_OUTPUTS", "OutputClaim", "claim_output_dir", "kept_float_reasons",
+           "write_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,14 @@ def write_outputs(rec: RunRecord) -> QuantResult:
     from xtrt.quant import export as ex
     from xtrt.report.files import write_json_atomic, write_text_atomic
     from xtrt.report.markdown import render_report_md
+    from xtrt.trt.kept_float import write_kept_float
 
     job, prepared, cal, placement = rec.job, rec.prepared, rec.calibrated.result, rec.placement
     cfg, stage = job.cfg, job.stage
     versions = _versions()
     scales = ex.tensor_scales(prepared.model, cal, placement)
     cfg_dict = config_to_dict(cfg)
+    write_kept_float(rec.qmodel, kept_float_reasons(placement, rec.qmodel, rec.precision))
     save_model_atomic(rec.qmodel, stage / "quantized.onnx")
     write_json_atomic(stage / "quant_cfg.json", {**ex.quant_cfg(
         scales, placement, cal, config=cfg_dict, versions=versions, input_name=prepared.input_name,
@@ -95,6 +98,22 @@ def write_outputs(rec: RunRecord) -> QuantResult:
     shutil.rmtree(stage / ".cache", ignore_errors=True)
     files = job._claim.commit()
     return QuantResult(output_dir=job.output_dir, files=files, report=report)
+
+
+def kept_float_reasons(placement, model, precision: dict | None) -> dict[str, str]:
+    """Node -> why it is float in the written ``model``: the layers TensorRT could run in INT8
+    that the placement kept float (decode tail, exclusions, the fallback), and the nodes the FP16
+    export keeps FP32 (measured on calibration data).  Written into the model's metadata
+    (xtrt.trt.kept_float) so that xtrt.lint reports them as kept float, not as hazards."""
+    from xtrt.trt.rules import INT8_OP_TYPES
+
+    ops = {n.name: n.op_type for n in model.graph.node}
+    out = {n: why for n, why in placement.keep_float.items() if ops.get(n) in INT8_OP_TYPES}
+    for n, why in ((precision or {}).get("kept_fp32") or {}).items():
+        if n in ops:
+            out[n] = f"{out[n]}; " if n in out else ""
+            out[n] += f"FP32 in the FP16 export: {why}"
+    return out
 
 
 def _report(rec: RunRecord, versions: dict) -> dict:

@@ -111,9 +111,9 @@ def _run(job) -> QuantResult:
             scatter = _scatter(prepared, qmodel, analysis.worst, evaluator, cfg.device,
                                worst_layer_values)
         with t("fallback"):
-            first = ev_int8 if selector is evaluator else selector.evaluate_model(qmodel) \
-                if cfg.analysis.target is not None else None
-            fb = run_target_fallback(cfg, prepared, calibrated, analysis, selector, first)
+            fb = run_target_fallback(cfg, prepared, calibrated, analysis, selector, ev_int8 if
+                                     selector is evaluator else None, test=evaluator,
+                                     precision_batches=_precision_batches(cal_src))
         final_placement, final_eval, final_model = placement, ev_int8, qmodel
         if fb is not None and fb.qmodel is not None:
             final_placement, final_model = fb.placement, fb.qmodel
@@ -122,11 +122,10 @@ def _run(job) -> QuantResult:
         if fb is None:
             t.pop("fallback", None)
         with t("float_precision"):       # export.float_precision (xtrt.quant.precision)
-            final_model, precision = _precision(cfg, prepared, final_model, cal_src, evaluator)
-            if precision["float_precision"] == "fp16":
-                final_eval = evaluator.evaluate_model(final_model)
-        with t("engine"):                # TensorRT-RTX build of the written model
-            engine = _engine(cfg, final_model)
+            fp32_model, (final_model, precision, final_eval) = final_model, _precision(
+                cfg, prepared, final_model, cal_src, evaluator, final_eval)
+        with t("engine"):                # TensorRT-RTX build of the written model (and the FP32)
+            engine = _engine(cfg, final_model, final_placement, precision, fp32_model)
         rec = RunRecord(job=job, prepared=prepared, calibrated=calibrated,
                         placement=final_placement, qmodel=final_model, evaluation=final_eval,
                         simulation=ev_sim, judged_on=evaluator.judged_on,
@@ -141,31 +140,47 @@ def _run(job) -> QuantResult:
         selector.close()
 
 
-def _engine(cfg, model) -> dict | None:
-    """The TensorRT-RTX engine judge of ``model`` (xtrt.lint.trt_rtx), or None when switched off;
-    a builder that cannot run here is reported, never fatal."""
+def _engine(cfg, model, placement, precision, fp32_model=None) -> dict | None:
+    """The TensorRT-RTX engine judge of ``model`` (xtrt.lint.trt_rtx), each Float island with the
+    reason the run recorded for it, and (``fp32_model``) the FP32 export's figures for contrast;
+    None when switched off.  A builder that cannot run here is reported, never fatal."""
     if not cfg.analysis.trt_rtx:
         return None
-    from xtrt.lint.trt_rtx import engine_judge
+    from xtrt.lint.trt_rtx import engine_judge, engine_summary, explain_islands
+    from xtrt.quant.fp16 import output_writers
+    from xtrt.quant.outputs import kept_float_reasons
 
+    reasons = {**output_writers(model), **placement.keep_float,
+               **kept_float_reasons(placement, model, precision)}
+    fp32_model = None if fp32_model is model else fp32_model
     try:
-        judged = engine_judge(model)
+        judged = explain_islands(engine_judge(model), reasons, model)
+        if fp32_model is not None and judged.get("available", True):
+            judged["fp32_export"] = engine_summary(explain_islands(
+                engine_judge(fp32_model), {**reasons, **output_writers(fp32_model)}, fp32_model))
     except Exception as exc:  # the judge must never fail a run
         log.warning("TensorRT-RTX build check failed: %s", exc)
         return {"available": True, "accepted": False, "errors": [str(exc)]}
     return judged
 
 
-def _precision(cfg, prepared, qmodel, cal_src, evaluator):
-    """FP16 or FP32 outside the Q/DQ pairs; both exports' fidelity (xtrt.quant.precision)."""
+def _precision_batches(cal_src) -> list:
+    """The calibration feeds the FP16 keep-list is measured on (the fallback's trials and the
+    precision stage use the same, so the written model is the one the fallback judged)."""
     import itertools
 
+    return [b.feeds for b in itertools.islice(iter(cal_src), 2)]
+
+
+def _precision(cfg, prepared, qmodel, cal_src, evaluator, evaluation):
+    """FP16 or FP32 outside the Q/DQ pairs; both exports' fidelity (xtrt.quant.precision).
+    Returns ``(model, info, evaluation of that model)`` (``evaluation`` is ``qmodel``'s)."""
     from xtrt.quant.precision import precision_stage
 
-    return precision_stage(cfg.export.float_precision, qmodel,
-                           [b.feeds for b in itertools.islice(iter(cal_src), 2)], evaluator.data,
-                           plugin_nodes=prepared.tail_nodes, device=cfg.device,
-                           rtol=evaluator.rtol, atol=evaluator.atol)
+    model, info = precision_stage(cfg.export.float_precision, qmodel, _precision_batches(cal_src),
+                                  evaluator.data, plugin_nodes=prepared.tail_nodes,
+                                  device=cfg.device, rtol=evaluator.rtol, atol=evaluator.atol)
+    return model, info, evaluation if model is qmodel else evaluator.evaluate_model(model)
 
 
 def prepare(job):

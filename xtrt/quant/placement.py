@@ -9,6 +9,8 @@ Rules:
   spatial feature map (H*W > 1) into anchors, from which no heavy weighted layer is reachable.
   That is where YOLO heads concatenate box coordinates (0..640) with class scores (0..1); one INT8
   scale there zeroes every score.  Found from the graph alone, no model names.
+* A Conv/ConvTranspose whose channels TensorRT pads in INT8 (fewer than 8, not a multiple of 4;
+  :func:`xtrt.trt.rules.padded_channels`) stays float, the stem reading the image aside.
 * User exclusions by exact node name, /regex/, or op type, checked against the graph.
 * ``Placement.tensors``: the tensor-level plan (scale groups, weight axes, precision per node
   with the reason) by TensorRT's placement and fusion rules, :mod:`xtrt.quant.tensor_plan`.
@@ -175,6 +177,27 @@ def resolve_exclusions(model, names: Sequence[str], op_types: Sequence[str]) -> 
     return out
 
 
+def _padded_convs(model) -> dict[str, str]:
+    """Conv/ConvTranspose -> reason, for those whose channels TensorRT pads in INT8
+    (xtrt.trt.rules.padded_channels): a 6-channel squeeze-excitation conv or a 1-channel output
+    conv would run padded INT8 kernels (lint's small_channels hazard); kept float instead (FP16 in
+    the FP16 export). Whether INT8 would still be faster there is not measured (no TensorRT here).
+    The stem reading a graph input (3 image channels) stays INT8."""
+    from xtrt.trt.rules import padded_channels
+
+    inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    inputs = {i.name for i in model.graph.input}
+    out = {}
+    for n in model.graph.node:
+        if n.op_type in ("Conv", "ConvTranspose") and len(n.input) > 1 and \
+                n.input[1] in inits and n.input[0] not in inputs:
+            small = padded_channels(n, inits[n.input[1]])
+            if small:
+                out[n.name] = (f"{' and '.join(small)}: TensorRT pads INT8 channels to a multiple "
+                               f"of 4; kept in float rather than padded (lint: small_channels)")
+    return out
+
+
 def plan_placement(model, *, exclude_nodes: Sequence[str] = (), exclude_op_types: Sequence[str] = (),
                    keep_decode_fp32: bool = True, plugin_tail: Sequence[str] = ()) -> Placement:
     """Decide which nodes of the prepared ``model`` get Q/DQ on their inputs."""
@@ -186,6 +209,7 @@ def plan_placement(model, *, exclude_nodes: Sequence[str] = (), exclude_op_types
         plan.decode_tail = find_decode_tail(model)
         for name in plan.decode_tail:
             keep.setdefault(name, "detection decode tail (box coordinates and scores)")
+    keep.update({k: v for k, v in _padded_convs(model).items() if k not in keep})
     for n in model.graph.node:
         if n.op_type not in QUANTIZABLE_OP_TYPES:
             continue

@@ -2,7 +2,7 @@
 
 PPQ's ``layerwise_error_analyse`` re-runs its torch executor over the whole graph for every layer
 and batch (38.7 s for YOLOv8n's 63 layers on 2 cores).  Here one ONNX Runtime session holds every
-placed layer's Q/DQ behind a scalar switch input: ``x' = x + m * (DQ(Q(x)) - x)`` for activations and
+placed layer's Q/DQ behind a scalar switch input: ``x' = Where(m, DQ(Q(x)), x)`` for activations and
 the same for weights.  All switches at 0 is the FP32 model; switch ``L`` alone is "only L in INT8".
 One session, one forward per layer and batch, at ONNX Runtime's speed, on exactly the Q/DQ
 semantics that are exported.  The measure is PPQ's: noise power / signal power of the graph outputs.
@@ -17,7 +17,7 @@ import numpy as np
 from xtrt.model.graph import toposort
 from xtrt.trt.rules import QMAX, weight_axis
 
-__all__ = ["switchable_model", "layerwise_sensitivity"]
+__all__ = ["switchable_model", "layerwise_sensitivity", "FloatGain"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ def switchable_model(model, cal, placement):
     new_nodes = []
     extra_inputs = []
     placed = set(placement.quantize)
+    cast_done: set[str] = set()
     for node in g.node:
         if node.name in placed:
             sw = f"xtrt_switch_{len(switches)}"
@@ -64,12 +65,15 @@ def switchable_model(model, cal, placement):
                     if qn is None or qn.op_type != "QuantizeLinear":
                         continue
                     fl = qn.input[0]
-                diff, mixed = f"{t}_{sw}_diff", f"{t}_{sw}_mixed"
-                new_nodes += [
-                    helper.make_node("Sub", [t, fl], [f"{diff}"], name=f"{diff}_Sub"),
-                    helper.make_node("Mul", [diff, sw], [f"{diff}_m"], name=f"{diff}_Mul"),
-                    helper.make_node("Add", [fl, f"{diff}_m"], [mixed], name=f"{mixed}_Add"),
-                ]
+                # Where, not x + m * (DQ - x): the INT8 value exactly (a rounding of the sum
+                # would move values across the next quantizer's steps when layers are chained)
+                mixed, on = f"{t}_{sw}_mixed", f"{sw}_on"
+                if on not in cast_done:
+                    cast_done.add(on)
+                    new_nodes.append(helper.make_node("Cast", [sw], [on], name=f"{on}_Cast",
+                                                      to=TensorProto.BOOL))
+                new_nodes.append(helper.make_node("Where", [on, t, fl], [mixed],
+                                                  name=f"{mixed}_Where"))
                 node.input[i] = mixed
         new_nodes.append(node)
     del g.node[:]
@@ -250,3 +254,65 @@ def layer_statistics(model, cal, placement, batches: Sequence[dict[str, np.ndarr
                 row["weight_channel_spread"] = float(amax.max() / med) if med > 0 else None
         res[name] = row
     return res
+
+
+class FloatGain:
+    """Output noise of the all-INT8 model with chosen layers back in float, on ONNX Runtime.
+
+    One session over the whole body with every placed layer's Q/DQ behind a switch
+    (:func:`switchable_model`): switch 1 = that layer in INT8, 0 = float.  The noise is the mean,
+    over the graph outputs, of noise power / signal power against FP32 (all switches 0), summed
+    over ``batches``: each output counts alike, so a detector's class scores weigh as much as its
+    box coordinates (whose pixel-sized values would drown them in a summed ratio)."""
+
+    def __init__(self, model, cal, placement, batches: Sequence[dict[str, np.ndarray]], *,
+                 device: str = "cpu", optimization: str = "auto"):
+        from xtrt.model.split import runnable_body
+        from xtrt.runtime.session import make_session
+
+        sm, self.switches = switchable_model(runnable_body(model), cal, placement)
+        self.sess = make_session(sm, device, optimization=optimization)
+        self.out = [o.name for o in self.sess.get_outputs()]
+        self.batches = list(batches)
+        self.forwards = 0
+        self.refs = [self._run(b, set(self.switches)) for b in self.batches]
+        self.signal = [sum(float(np.sum(np.square(r[i]))) for r in self.refs)
+                       for i in range(len(self.out))]
+
+    def _run(self, feeds, floats) -> list[np.ndarray]:
+        sw = {s: np.array(0.0 if n in floats else 1.0, np.float32)
+              for n, s in self.switches.items()}
+        self.forwards += 1
+        return [o.astype(np.float64) for o in self.sess.run(self.out, {**feeds, **sw})]
+
+    def noise(self, floats) -> float:
+        """Mean output noise/signal with ``floats`` in float, every other placed layer INT8."""
+        floats = set(floats)
+        err = [0.0] * len(self.out)
+        for b, ref in zip(self.batches, self.refs):
+            for i, (g, r) in enumerate(zip(self._run(b, floats), ref)):
+                err[i] += float(np.sum(np.square(g - r)))
+        return float(np.mean([e / max(s, 1e-30) for e, s in zip(err, self.signal)]))
+
+    def float_alone(self, layers: Sequence[str] | None = None) -> dict[str, float]:
+        """Per layer: the output noise with only that layer in float (all others INT8)."""
+        return {n: self.noise([n]) for n in (layers or list(self.switches))}
+
+    def greedy_order(self, *, steps: int, candidates: int,
+                     alone: dict[str, float] | None = None) -> tuple[list[str], list[float]]:
+        """Forward selection: ``steps`` times, of the ``candidates`` layers that did best so far,
+        the one whose move to float (with the layers already chosen) lowers the noise most joins
+        the float set (re-ranked each step); the rest follow in float-alone order.  Returns the
+        order and the noise after each chosen step."""
+        score = dict(alone if alone is not None else self.float_alone())
+        order: list[str] = []
+        path: list[float] = []
+        for _ in range(min(steps, len(score))):
+            left = sorted((n for n in score if n not in order), key=score.__getitem__)
+            for n in left[:max(1, candidates)]:
+                score[n] = self.noise(order + [n])
+            best = min(left[:max(1, candidates)], key=score.__getitem__)
+            order.append(best)
+            path.append(score[best])
+        order += sorted((n for n in score if n not in order), key=score.__getitem__)
+        return order, path

@@ -171,7 +171,7 @@ def plot_fallback_tradeoff(trials: Sequence[Mapping[str, Any]], metric_name: str
         trials = [dict(t, chosen=(i == chosen)) for i, t in enumerate(trials)]
     rows = sorted((t for t in trials if t.get("metric") is not None and t.get("n_fp32_layers") is not None),
                   key=lambda t: t["n_fp32_layers"])
-    title = f"Fallback: {metric_name} vs layers kept in FP32"
+    title = f"Fallback: {metric_name} vs layers kept in float"
     if not rows:
         return _no_data(path, title)
     from matplotlib.ticker import MaxNLocator
@@ -181,7 +181,12 @@ def plot_fallback_tradeoff(trials: Sequence[Mapping[str, Any]], metric_name: str
     fig = _figure(7, 4.5)
     ax = fig.add_subplot()
     kept = np.array([t.get("kept", True) is not False for t in rows])
-    ax.plot(x[kept], y[kept], color="0.6", lw=1, zorder=1)       # the path the fallback took
+    best: dict[float, int] = {}          # the curve: per layer count, the best kept trial
+    for i, (xi, yi) in enumerate(zip(x, y)):
+        if kept[i] and (xi not in best or yi > y[best[xi]]):
+            best[xi] = i
+    line = sorted(best.values(), key=lambda i: x[i])
+    ax.plot(x[line], y[line], color="0.6", lw=1, zorder=1)       # the trade-off curve
     passed = [t.get("passed") for t in rows]
     colors = np.array(["tab:green" if p else ("0.45" if p is False else "tab:blue") for p in passed])
     ax.scatter(x[kept], y[kept], c=colors[kept], s=36, zorder=2)
@@ -192,6 +197,12 @@ def plot_fallback_tradeoff(trials: Sequence[Mapping[str, Any]], metric_name: str
         ax.scatter([], [], c="tab:green", s=36, label="meets target")
     if any(p is False for p in passed):
         ax.scatter([], [], c="0.45", s=36, label="below target")
+    tests = [(x[i], float(rows[i]["test_metric"])) for i in line
+             if rows[i].get("test_metric") is not None]
+    if tests:                      # the curve's trials on the test images (nothing chosen on them)
+        tx, ty = zip(*tests)
+        ax.plot(tx, ty, color="tab:purple", lw=1, ls=":", marker="s", mfc="none", ms=6,
+                zorder=2, label="the same trials on the test images")
     star = [(xi, yi) for xi, yi, t in zip(x, y, rows) if t.get("chosen")]
     if star:
         ax.scatter(*zip(*star), marker="*", s=260, facecolors="none", edgecolors="tab:orange",
@@ -199,8 +210,8 @@ def plot_fallback_tradeoff(trials: Sequence[Mapping[str, Any]], metric_name: str
     if target is not None:
         ax.axhline(float(target), color="tab:red", ls="--", lw=1, label=f"target {float(target):.4g}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("layers kept in FP32")
-    ax.set_ylabel(metric_name)
+    ax.set_xlabel("layers kept in float (export.float_precision)")
+    ax.set_ylabel(metric_name + (" (dots: selection images, the search's)" if tests else ""))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

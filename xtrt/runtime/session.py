@@ -71,7 +71,7 @@ def providers_for(device: str) -> list[str]:
 
 def make_session(model, device: str = "cpu", *, threads: int | None = None,
                  enable_profiling: bool = False, profile_prefix: str | None = None,
-                 optimization: str = "auto"):
+                 optimization: str = "auto", cuda_options: dict | None = None):
     """Create an ``onnxruntime.InferenceSession``.
 
     Args:
@@ -84,6 +84,7 @@ def make_session(model, device: str = "cpu", *, threads: int | None = None,
             QuantizeLinear nodes, else 'all'.  ORT's CPU Q/DQ fusion (QLinearConv, u8s8 without
             VNNI) saturates: EfficientNet-Lite0's Q/DQ model gave 2.6 dB SQNR against FP32 at 'all'
             and 19.6 dB at 'basic' (DequantizeLinear + float Conv, the semantics TensorRT runs).
+        cuda_options: CUDA EP provider options (e.g. ``arena_extend_strategy``) for device 'cuda'.
     """
     import onnxruntime as ort
 
@@ -109,7 +110,10 @@ def make_session(model, device: str = "cpu", *, threads: int | None = None,
     if hasattr(model, "SerializeToString"):
         model = model.SerializeToString()
     try:
-        sess = ort.InferenceSession(model, sess_options=so, providers=providers_for(device))
+        providers: list = providers_for(device)
+        if cuda_options and device == "cuda":
+            providers = [("CUDAExecutionProvider", dict(cuda_options)), *providers[1:]]
+        sess = ort.InferenceSession(model, sess_options=so, providers=providers)
     except DeviceError:
         raise
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types

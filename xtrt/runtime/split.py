@@ -111,6 +111,7 @@ class SplitRunner:
         self._body_outputs = body_outputs
         self._std_sessions: dict[tuple, Any] = {}
         self._torch_device = None
+        self._feeder = None
         if self._tail:
             log.info("plugin model: body on ONNX Runtime (%s), tail of %d node(s) [%s] on xtrt handlers",
                      device, len(self._tail), ", ".join(n.op_type for n in self.plan.tail_nodes))
@@ -139,7 +140,13 @@ class SplitRunner:
         if self._session is None:
             return {}
         try:
-            values = self._session.run(self._body_outputs, dict(feeds))
+            if self.device == "cuda":   # pinned buffers, asynchronous copy (xtrt.runtime.feed)
+                from xtrt.runtime.feed import DeviceFeed, run_fed
+
+                self._feeder = self._feeder or DeviceFeed("cuda")
+                values = run_fed(self._session, feeds, self._body_outputs, self._feeder)
+            else:
+                values = self._session.run(self._body_outputs, dict(feeds))
         except Exception as exc:  # ORT's InvalidArgument etc.: wrong dtype or shape in the feeds
             from xtrt.runtime.session import ort_message
 

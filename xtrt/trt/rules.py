@@ -10,6 +10,9 @@
   output's last axis), constant A ``[..., M, K]`` -> its second-last axis (M).
 * :func:`weight_scale`: ``max|w| / 127`` per output channel (TensorRT's symmetric rule; PPQ's
   ``max / 127.5`` clips each channel's largest weight), floored at :data:`SCALE_EPS`.
+* :func:`padded_channels`: the channel counts TensorRT pads for an INT8 convolution (fewer than 8,
+  not a multiple of 4): placement keeps such a convolution float (the image stem aside), lint
+  reports one quantized anyway.
 * :func:`commutes`: ops Q/DQ commute with (TensorRT moves Q/DQ across them, and they carry one
   scale unchanged from input to output): MaxPool, Resize nearest, Slice, Reshape, Transpose, Split,
   Pad constant 0, Flatten, Squeeze, Unsqueeze, Identity.
@@ -22,7 +25,7 @@ import numpy as np
 
 __all__ = ["QMAX", "SCALE_EPS", "INT8_OP_TYPES", "WEIGHTED_OP_TYPES", "POOL_OP_TYPES",
            "COMMUTING_OP_TYPES", "FUSIBLE_ACTIVATIONS", "attr", "weight_input", "weight_axis",
-           "weight_scale", "commutes"]
+           "weight_scale", "padded_channels", "commutes"]
 
 QMAX = 127.0
 # one floor for every scale xtrt writes: a dead channel (all-zero weights) gets this, not 0; it is
@@ -92,6 +95,19 @@ def weight_scale(w: np.ndarray, axis: Optional[int]) -> np.ndarray:
         amax = np.abs(w).max(axis=red) if red else np.abs(w)
     return np.maximum(np.asarray(amax, np.float32) / np.float32(QMAX),
                       np.float32(SCALE_EPS)).astype(np.float32)
+
+
+def padded_channels(node, weight_shape) -> list[str]:
+    """The channel counts TensorRT pads for an INT8 Conv/ConvTranspose with weight shape
+    ``weight_shape`` (``["input channels 6", ...]``): fewer than 8 and not a multiple of 4.
+    Conv weights are ``[C_out, C_in/g, k...]``, ConvTranspose ``[C_in, C_out/g, k...]``."""
+    if node.op_type not in ("Conv", "ConvTranspose") or len(weight_shape) < 2:
+        return []
+    group = int(attr(node, "group", 1) or 1)
+    cout, cin = (weight_shape[0], weight_shape[1] * group) if node.op_type == "Conv" else \
+        (weight_shape[1] * group, weight_shape[0])
+    return [f"{k} {c}" for k, c in (("input channels", cin), ("output channels", cout))
+            if c < 8 and c % 4]
 
 
 def commutes(node, const: Callable[[str], Optional[np.ndarray]] = lambda _n: None) -> bool:
