@@ -59,8 +59,29 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def run_variant(bench, overrides: Sequence[str], sel_ev=None, device: str = "cpu"):
-    """xtrt's stages on ``bench`` with ``overrides`` on ``device``; returns (qmodel, info dict)."""
+def run_variant(bench, overrides: Sequence[str], sel_ev=None, cache: Path | None = None,
+                device: str = "cpu"):
+    """xtrt's stages on ``bench`` with ``overrides`` on ``device``; returns (qmodel, info dict).
+
+    With ``cache`` (a folder), the exported model and its timings are kept there under a key of
+    the bench and the overrides, and a later call with the same key (``compare.py``'s xtrt rows
+    and this table's effort rows) loads them instead of running again."""
+    if cache is not None:
+        import hashlib
+
+        import onnx
+
+        tag = [] if device == "cpu" else [device]     # keys of CPU runs stay as they were
+        key = hashlib.sha1(json.dumps([bench.key, [str(x) for x in bench.cal],
+                                       list(overrides)] + tag).encode()).hexdigest()[:12]
+        path, meta = cache / f"{bench.key}_{key}.onnx", cache / f"{bench.key}_{key}.json"
+        if path.is_file() and meta.is_file():
+            return onnx.load(str(path)), {**json.loads(meta.read_text()), "cached": True}
+        qmodel, info = run_variant(bench, overrides, sel_ev, device=device)
+        cache.mkdir(parents=True, exist_ok=True)
+        onnx.save(qmodel, str(path))
+        meta.write_text(json.dumps(info, default=str))
+        return qmodel, info
     from xtrt.quant import techniques
     from xtrt.quant.calibrate import calibrate
     from xtrt.quant.export import export_qdq
@@ -102,25 +123,93 @@ def run_variant(bench, overrides: Sequence[str], sel_ev=None, device: str = "cpu
 
 
 def render(rows: Sequence[dict]) -> str:
-    lines = ["| model | technique | seconds (wall) | CPU s | method | fidelity on the test part |",
-             "|---|---|---:|---:|---|---|"]
+    lines = ["| model | technique | seconds (wall) | CPU s | method | fidelity on the test part "
+             "[95 % interval] |", "|---|---|---:|---:|---|---|"]
     for r in rows:
+        if r.get("failed"):
+            lines.append(f"| {r['model']} | {r['variant']} | - | - | - | {r['failed']} |")
+            continue
         m = r["method"] + (f" (auto -> {r['search']})" if r.get("search") else "")
-        lines.append(f"| {r['model']} | {r['variant']} | {r['seconds']:.1f} | {r.get('cpu_s', 0):.1f} | {m} | "
-                     f"{_bench.fidelity_text(r['test'])} |")
+        lines.append(f"| {r['model']} | {r['variant']} | {r['seconds']:.1f} | "
+                     f"{r.get('cpu_s', 0):.1f} | {m} | {_bench.fidelity_text(r['test'])} |")
     return "\n".join(lines)
+
+
+def _variant_row(bench, v: str, test_ev, sel_ev, a, left: float) -> dict:
+    base = {"model": bench.label, "key": bench.key, "variant": v, "overrides": VARIANTS[v],
+            "images": {"calibration": len(bench.cal), "selection": len(bench.sel),
+                       "test": len(bench.test)}}
+    if left <= 5:
+        return {**base, "failed": "not run: the run's time budget was spent"}
+    try:
+        t0 = time.perf_counter()
+        with _bench.Alarm(min(a.timeout, left)):
+            qmodel, row = run_variant(bench, VARIANTS[v], sel_ev, cache=Path(a.work) / "variants",
+                                      device=a.device)
+        row.update(base, test=_bench.score(test_ev, qmodel), device=a.device,
+                   wall_with_scoring_s=round(time.perf_counter() - t0, 1))
+        return row
+    except Exception as exc:                              # noqa: BLE001 - one line in the table
+        return {**base, "failed": f"failed: {_bench.one_line(exc)}"}
+
+
+def _rendered_rows(files: Sequence[str]) -> list[dict]:
+    """Rows of ``files`` (this script's and compare.py's), one per (model, variant), sorted by
+    model then variant order."""
+    names = {"xtrt-default": "effort=default", "xtrt-best": "effort=best",
+             "xtrt-fast": "effort=fast"}
+    out: dict[tuple, dict] = {}
+    for f in files:
+        for ln in Path(f).read_text().splitlines():
+            if not ln.strip():
+                continue
+            r = json.loads(ln)
+            if "tool" in r:
+                if r["tool"] not in names:
+                    continue
+                info = r.get("info") or {}
+                r = {**r, "variant": names[r["tool"]], "method": info.get("method", "-"),
+                     "search": info.get("search")}
+            k = (r.get("key"), r["variant"])
+            if k not in out or (out[k].get("failed") and not r.get("failed")):
+                out[k] = r      # a measured row over a failed / not-run one
+    order = {k: i for i, k in enumerate(_bench.SPEC)}
+    vorder = {v: i for i, v in enumerate(VARIANTS)}
+    return sorted(out.values(), key=lambda r: (order.get(r.get("key"), 99),
+                                               vorder.get(r["variant"], 99)))
+
+
+def _context(m: str, work: Path, variants: str, local: dict | None = None):
+    """(bench, test evaluator, selection evaluator or None) of model ``m``."""
+    bench = _bench.load_bench(m, work, local)
+    test_ev = _bench.evaluator(bench, bench.test, "test")   # scored on CPU (no TF32)
+    names = [x.strip() for x in variants.replace(";", ",").split(",") if x.strip()]
+    sel_ev = _bench.evaluator(bench, bench.sel, "selection") if any(
+        "calibration.method=auto" in VARIANTS[v] for v in names) else None
+    print(f"{bench.label}: {len(bench.cal)} calibration, {len(bench.sel)} selection, "
+          f"{len(bench.test)} test images; FP32 test pass {test_ev.reference_seconds} s",
+          file=sys.stderr, flush=True)
+    return bench, test_ev, sel_ev
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="effnet,yolo")
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--models", default=",".join(_bench.SPEC))
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help="comma-separated variants; ';' separates passes over all models")
     p.add_argument("--work", default="/tmp/xtrt-bench")
-    p.add_argument("--json", help="append rows to this JSON-lines file as they finish")
+    p.add_argument("--json", help="append rows to this JSON-lines file as they finish; rows "
+                                  "already there are kept and not re-run")
+    p.add_argument("--timeout", type=float, default=420, help="seconds per variant")
+    p.add_argument("--budget", type=float, default=1e9, help="seconds for the whole run")
+    p.add_argument("--render", nargs="+", metavar="JSONL",
+                   help="run nothing: print the table from rows of earlier --json runs of this "
+                        "script and of compare.py (its xtrt-default / xtrt-best rows are the "
+                        "effort=default / effort=best variants: same images, same scorer)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                   help="where calibration, the techniques and the scoring run")
+                   help="where calibration and the techniques run (scoring: CPU)")
     p.add_argument("--photos", help="a local photo folder (vtest* files = the video frames) instead "
-                   "of the downloads (with --effnet-model / --yolo-model)")
+                   "of the downloads (with --effnet-model / --yolo-model; effnet and yolo only)")
     p.add_argument("--effnet-model", help="with --photos: EfficientNet-Lite0 ONNX (opset 13)")
     p.add_argument("--yolo-model", help="with --photos: the YOLOv8n e2e ONNX")
     p.add_argument("--extra", action="append", default=[], metavar="NAME=K=V[,K=V]",
@@ -132,29 +221,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         VARIANTS[name] = [F, *[x for x in sets.split(";") if x]]
     local = ({"photos": a.photos, "models": {"effnet": a.effnet_model, "yolo": a.yolo_model}}
              if a.photos else None)
+    if a.render:
+        print(render(_rendered_rows(a.render)))
+        return 0
+    t_start = time.perf_counter()
     rows = []
-    for m in [x.strip() for x in a.models.split(",") if x.strip()]:
-        bench = _bench.load_bench(m, Path(a.work), local)
-        test_ev = _bench.evaluator(bench, bench.test, "test")   # scored on CPU (no TF32)
-        names = [x.strip() for x in a.variants.split(",") if x.strip()]
-        sel_ev = _bench.evaluator(bench, bench.sel, "selection") if any(
-            "auto" in VARIANTS[v] or "calibration.method=auto" in VARIANTS[v] for v in names) \
-            else None
-        print(f"{bench.label}: {len(bench.cal)} calibration, {len(bench.sel)} selection, "
-              f"{len(bench.test)} test images; FP32 test pass {test_ev.reference_seconds} s",
-              file=sys.stderr, flush=True)
-        for v in names:
-            t0 = time.perf_counter()
-            qmodel, row = run_variant(bench, VARIANTS[v], sel_ev, a.device)
-            row.update(model=bench.label, variant=v, test=_bench.score(test_ev, qmodel),
-                       device=a.device, wall_with_scoring_s=round(time.perf_counter() - t0, 1),
-                       images={"calibration": len(bench.cal), "selection": len(bench.sel),
-                               "test": len(bench.test)}, overrides=VARIANTS[v])
-            rows.append(row)
-            print(render([row]).splitlines()[-1], file=sys.stderr, flush=True)
-            if a.json:
-                with open(a.json, "a") as fh:
-                    fh.write(json.dumps(row, default=str) + "\n")
+    if a.json and Path(a.json).is_file():
+        rows = [json.loads(ln) for ln in Path(a.json).read_text().splitlines() if ln.strip()]
+        rows = [r for r in rows if not r.get("failed", "").startswith("not run")]
+    done = {(r["key"], r["variant"]) for r in rows}
+    models = [_bench.ALIASES.get(x.strip(), x.strip()) for x in a.models.split(",") if x.strip()]
+    ctxs: dict[str, tuple] = {}
+    for group in a.variants.split(";"):
+        for m in models:
+            names = [x.strip() for x in group.split(",")
+                     if x.strip() and (m, x.strip()) not in done]
+            if not names:
+                continue
+            if m not in ctxs:
+                ctxs[m] = _context(m, Path(a.work), a.variants, local)
+            bench, test_ev, sel_ev = ctxs[m]
+            for v in names:
+                row = _variant_row(bench, v, test_ev, sel_ev, a,
+                                   a.budget - (time.perf_counter() - t_start))
+                rows.append(row)
+                print(render([row]).splitlines()[-1], file=sys.stderr, flush=True)
+                if a.json:
+                    with open(a.json, "a") as fh:
+                        fh.write(json.dumps(row, default=str) + "\n")
+    for _, test_ev, sel_ev in ctxs.values():
         test_ev.close()
         if sel_ev is not None:
             sel_ev.close()
