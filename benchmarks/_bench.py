@@ -398,13 +398,19 @@ def qdq_stats(model) -> dict:
 
 
 class Alarm:
-    """Raise TimeoutError in this process after ``seconds`` (Python-level code only)."""
+    """Raise TimeoutError in this process after ``seconds`` (Python-level code only).
+
+    PPQ wraps any exception raised inside an op as ``Op Execution Error``; ``__exit__`` turns
+    whatever escapes after the alarm fired back into the TimeoutError, so a time limit is never
+    reported as a tool's failure."""
 
     def __init__(self, seconds: float):
         self.seconds = int(max(1, seconds))
+        self.fired = False
 
     def _fire(self, *_):
-        raise TimeoutError(f"stopped after {self.seconds} s")
+        self.fired = True
+        raise TimeoutError(f"stopped after {self.seconds} s (time limit)")
 
     def __enter__(self):
         import signal
@@ -417,6 +423,8 @@ class Alarm:
 
         signal.alarm(0)
         signal.signal(signal.SIGALRM, self.old)
+        if self.fired and exc[0] is not None and not isinstance(exc[1], TimeoutError):
+            raise TimeoutError(f"stopped after {self.seconds} s (time limit)") from exc[1]
         return False
 
 

@@ -193,3 +193,32 @@ def test_quant_run_with_passes_writes_what_ppq_simulates(tmp_path):
     for name, out in report["outputs"].items():
         sim = report["ppq_simulation"]["outputs"][name]["sqnr_db"]
         assert abs(out["sqnr_db"] - sim) < 0.5, (name, out["sqnr_db"], sim)
+
+
+def test_learned_non_positive_scales_are_exported_positive(tiny):
+    """LSQ can learn a negative step (TensorRT-RTX rejected such an export of PP-OCRv4 det:
+    "Scale coefficients must all be positive"); the export writes its magnitude, which quantizes
+    identically with zero point 0."""
+    import onnx
+    from onnx import numpy_helper
+
+    from xtrt.backend import ppq as B
+    from xtrt.quant.export import export_qdq
+
+    prep, batches, placement = tiny
+    cal, _ = _calibrated(prep, placement, batches)
+    flipped = 0
+    for op in cal.graph.operations.values():
+        for var, qc in zip(op.inputs, getattr(op, "config", None) and
+                           op.config.input_quantization_config or []):
+            if var.is_parameter and qc.scale is not None and qc.scale.numel() > 1:
+                qc.scale = -qc.scale          # as a step LSQ drove below zero
+                flipped += 1
+                break
+    assert flipped
+    B._collect_scales(cal)
+    q = export_qdq(prep.model, cal, placement)
+    scales = [numpy_helper.to_array(t) for t in q.graph.initializer if "scale" in t.name]
+    assert scales and all((s > 0).all() for s in scales)
+    onnx.checker.check_model(q)
+    assert _export_vs_simulation(prep, cal, placement, batches[0]) < TOL

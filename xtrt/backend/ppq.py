@@ -317,6 +317,15 @@ def _op_execution_error(exc: RuntimeError, graph) -> Exception:
                              f"{type(cause).__name__ if cause else 'RuntimeError'}: {why}", hint)
 
 
+def _positive(scale: np.ndarray) -> np.ndarray:
+    """A scale as TensorRT accepts it: LSQ can learn a negative or zero step (TensorRT-RTX:
+    "Scale coefficients must all be positive").  With a zero point of 0, ``round(x / s) * s`` is
+    the same for ``s`` and ``-s``, so the magnitude is kept, floored at the weight-scale epsilon."""
+    from xtrt.trt.rules import SCALE_EPS
+
+    return np.maximum(np.abs(scale), np.float32(SCALE_EPS)).astype(np.float32)
+
+
 def _collect_scales(res: CalibrationResult) -> None:
     """Read the scales of every quantized Conv/Gemm/MatMul/pool input out of the PPQ graph.
 
@@ -340,7 +349,7 @@ def _collect_scales(res: CalibrationResult) -> None:
                 res.biases[var.name] = var.value.detach().float().cpu().numpy()
             if qc.state == QuantizationStates.FP32 or qc.scale is None:
                 continue
-            scale = qc.scale.detach().float().cpu().numpy()
+            scale = _positive(qc.scale.detach().float().cpu().numpy())
             if var.is_parameter:
                 value = var.value
                 if isinstance(value, torch.Tensor):
