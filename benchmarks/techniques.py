@@ -17,6 +17,7 @@ an idle 2-core machine needs between CPU s / 2 and CPU s of wall time).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -61,6 +62,33 @@ VARIANTS: dict[str, list[str]] = {
 
 def run_variant(bench, overrides: Sequence[str], sel_ev=None, cache: Path | None = None,
                 device: str = "cpu"):
+    """The model ``xtrt.quant`` writes for ``bench`` with ``overrides``: the Q/DQ export of
+    :func:`export_variant`, then the float-precision stage (``export.float_precision``, FP16 by
+    default, measured on the first 2 calibration batches as the pipeline does) and the kept-float
+    record xtrt.lint reads.  Returns (model, info dict)."""
+    from xtrt.quant import techniques
+    from xtrt.quant.outputs import kept_float_reasons
+    from xtrt.quant.precision import apply_float_precision
+    from xtrt.trt.kept_float import write_kept_float
+
+    qmodel, info = export_variant(bench, overrides, sel_ev, cache, device)
+    cfg = techniques.resolve(bench.config(overrides))
+    prepared, placement = _bench.prepare(bench, cfg)
+    src = _bench.batches(bench, cfg, prepared, bench.cal, cfg.calibration.batch_size)
+    t0 = time.perf_counter()
+    model, prec = apply_float_precision(qmodel, cfg.export.float_precision,
+                                        [b.feeds for b in itertools.islice(iter(src), 2)],
+                                        plugin_nodes=prepared.tail_nodes, device=device)
+    write_kept_float(model, kept_float_reasons(placement, model, prec))
+    spent = time.perf_counter() - t0
+    info = {**info, "seconds": round(info["seconds"] + spent, 1),
+            "timings_s": {**info.get("timings_s", {}), "float_precision": round(spent, 1)},
+            "float_precision": cfg.export.float_precision}
+    return model, info
+
+
+def export_variant(bench, overrides: Sequence[str], sel_ev=None, cache: Path | None = None,
+                   device: str = "cpu"):
     """xtrt's stages on ``bench`` with ``overrides`` on ``device``; returns (qmodel, info dict).
 
     With ``cache`` (a folder), the exported model and its timings are kept there under a key of
@@ -77,7 +105,7 @@ def run_variant(bench, overrides: Sequence[str], sel_ev=None, cache: Path | None
         path, meta = cache / f"{bench.key}_{key}.onnx", cache / f"{bench.key}_{key}.json"
         if path.is_file() and meta.is_file():
             return onnx.load(str(path)), {**json.loads(meta.read_text()), "cached": True}
-        qmodel, info = run_variant(bench, overrides, sel_ev, device=device)
+        qmodel, info = export_variant(bench, overrides, sel_ev, device=device)
         cache.mkdir(parents=True, exist_ok=True)
         onnx.save(qmodel, str(path))
         meta.write_text(json.dumps(info, default=str))
