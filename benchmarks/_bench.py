@@ -386,20 +386,17 @@ def qdq_stats(model) -> dict:
     """Q/DQ node count, compute nodes left in float (Conv/Gemm/MatMul without a DQ input)."""
     import onnx
 
+    from xtrt.model.graph import producer_through_casts
+
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
     g = model.graph
     prod = {o: n for n in g.node for o in n.output}
     qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in g.node)
     compute = [n for n in g.node if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")]
-    def source(t):          # through the FP16 export's Casts to what feeds them
-        p = prod.get(t)
-        while p is not None and p.op_type == "Cast":
-            p = prod.get(p.input[0])
-        return p
-
     flt = [n.name for n in compute
-           if not ((p := source(n.input[0])) is not None and p.op_type == "DequantizeLinear")]
+           if not ((p := producer_through_casts(prod, n.input[0])) is not None
+                   and p.op_type == "DequantizeLinear")]
     return {"qdq_nodes": qdq, "compute": len(compute), "float_layers": len(flt)}
 
 

@@ -21,6 +21,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from xtrt.model.graph import producer_through_casts
 from xtrt.trt.rules import (COMMUTING_OP_TYPES, INT8_OP_TYPES, WEIGHTED_OP_TYPES, commutes,
                             padded_channels, weight_axis)
 
@@ -95,10 +96,7 @@ def _consumers(g) -> dict:
 
 def _producer(g, t: str):
     """The producer of ``t``, looking through Cast nodes."""
-    p = g.producer.get(t)
-    while p is not None and p.op_type == "Cast":
-        p = g.producer.get(p.input[0])
-    return p
+    return producer_through_casts(g.producer, t)
 
 
 def _scale_mismatch(g, cons, F) -> list:

@@ -5,7 +5,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["const_values", "toposort", "from_constants"]
+__all__ = ["const_values", "toposort", "from_constants", "producer_through_casts"]
 
 
 def const_values(model) -> dict[str, np.ndarray]:
@@ -51,3 +51,13 @@ def from_constants(name: str, producer: Mapping, is_leaf: Callable[[str], bool])
             return False
         stack.extend(i for i in node.input if i)
     return True
+
+
+def producer_through_casts(producer: Mapping, tensor: str):
+    """The node producing ``tensor`` (``producer``: tensor name -> node), looking through Cast
+    nodes (the FP16 export puts Casts between a DequantizeLinear and its consumer); None for a
+    graph input or initializer."""
+    p = producer.get(tensor)
+    while p is not None and p.op_type == "Cast":
+        p = producer.get(p.input[0])
+    return p

@@ -20,7 +20,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from xtrt.model.graph import toposort
+from xtrt.model.graph import producer_through_casts, toposort
 
 __all__ = ["FP16_SAFE", "convert_fp16", "fp32_reasons", "float_regions", "output_writers"]
 
@@ -216,9 +216,7 @@ def output_writers(model) -> dict[str, str]:
     tail: dict[str, str] = {}        # node -> the graph output it writes
 
     def from_dq(t: str) -> bool:          # through the FP16 export's Casts
-        p = producer.get(t)
-        while p is not None and p.op_type == "Cast":
-            p = producer.get(p.input[0])
+        p = producer_through_casts(producer, t)
         return p is not None and p.op_type == "DequantizeLinear"
 
     def int8_layer(n) -> bool:             # Q/DQ, or a layer (or Cast) reading a DequantizeLinear
