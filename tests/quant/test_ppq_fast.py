@@ -16,6 +16,15 @@ MODELS = ["se_block", "avgpool_conv", "residual_add", "concat_branches", "gemm_t
           "matmul_const", "conv_transpose", "grouped_depthwise"]
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """PPQ's per-tensor kl search in the reference runs op by op: one thread (see kl_best_bins)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _batches(n=3, seed=0, shape=(2, 3, mm.HW, mm.HW)):
     rng = np.random.default_rng(seed)
     return [{"input": (rng.normal(size=shape) * rng.uniform(0.5, 3)).astype(np.float32)}
@@ -51,6 +60,77 @@ def _configs(graph):
     return out
 
 
+# xtrt's scale rule before the fast path (xtrt/backend/ppq.py at 43bfee2), verbatim: PPQ's
+# observers one tensor at a time
+def _apply_stats(graph, method: str, ranges: dict, hists: dict, reapply: bool = False) -> None:
+    """Activate every activation quant config from statistics collected on ONNX Runtime, with
+    PPQ's own rules: ``minmax_to_scale_offset`` for ranges, the kl / mse observer's
+    ``hist_to_scale_offset`` for histograms.
+
+    The scale is set on the dominant config (``dominated_by``), once, from the statistics of the
+    tensor its consumers read; overlapped configs then share it, as PPQ intends."""
+    import torch
+    from ppq.core import QuantizationStates
+    from ppq.quantization.observer.range import (TorchHistObserver, TorchMSEObserver,
+                                                 minmax_to_scale_offset)
+
+    observer_cls = {"kl": TorchHistObserver, "mse": TorchMSEObserver}.get(method)
+    missing: list[str] = []
+    done: set[int] = set()
+    for var, qc, op in _scales.activation_configs(graph):
+        root = qc.dominated_by
+        if id(root) in done:
+            continue
+        if root.state != QuantizationStates.INITIAL and not (
+                reapply and root.state == QuantizationStates.ACTIVATED):
+            continue
+        if observer_cls is not None and var.name in hists:
+            hist, width = hists[var.name]
+            obs = observer_cls(watch_on=var, quant_cfg=root)
+            scale, offset = obs.hist_to_scale_offset(
+                histogram=torch.from_numpy(hist.astype(np.int64)), hist_bins=len(hist),
+                hist_scale=float(width), config=root)
+        elif var.name in ranges:
+            lo, hi = ranges[var.name]
+            scale, offset = minmax_to_scale_offset(float(lo), float(hi), root)
+        else:
+            missing.append(f"{op.name} ({op.type}) input {var.name!r}")
+            continue
+        root.scale = torch.tensor(scale, dtype=torch.float32)
+        root.offset = torch.tensor(offset, dtype=torch.float32)
+        root.state = QuantizationStates.ACTIVATED
+        done.add(id(root))
+    if missing:
+        raise AssertionError(
+            f"no calibration statistics for {len(missing)} quantized input(s), e.g. node "
+            f"{missing[0]}: ONNX Runtime did not report that tensor",
+            "report the model to xtrt; meanwhile exclude the node with "
+            f"quantization.exclude_nodes: [{missing[0].split(' ')[0]}]")
+
+
+
+def _old_graph(pm, batches):
+    """PPQ's graph as xtrt built it at 43bfee2: PPQ's own quantizer (its ParameterQuantizePass,
+    its cache flushes); no activation scale yet (the same for every method)."""
+    sample = torch.from_numpy(batches[0]["input"][:1])
+    return _graph.build(pm.model, sample, device="cpu", fp32_ops=[], progress=False,
+                        reference=True)
+
+
+def _old_path(graph, stats, method):
+    """The rest of the calibration of xtrt at 43bfee2 on a copy of ``graph``: the old per-tensor
+    scale rules, xtrt's weight rule."""
+    from xtrt.backend.ppq._result import CalibrationResult
+
+    st = stats[method]
+    graph = _graph._fresh_copy(graph)
+    _apply_stats(graph, method, st.get("ranges") or {}, st.get("hists") or {})
+    B._weight_scales(graph)
+    res = CalibrationResult(graph=graph)
+    B._collect_scales(res)
+    return res
+
+
 def _calibrate(pm, batches, stats, method, **kw):
     st = stats[method]
     return B.calibrate(pm.model, batches[:1], method=method, progress=False,
@@ -65,8 +145,9 @@ def test_fast_path_equals_ppqs_own_path(name):
     batches = _batches()
     stats = _stats(pm, batches)
     _graph.release()
+    old = _old_graph(pm, batches)
     for method in FAST_METHODS:
-        ref = _calibrate(pm, batches, stats, method, reference=True)
+        ref = _old_path(old, stats, method)
         fast = _calibrate(pm, batches, stats, method)
         assert _configs(fast.graph) == _configs(ref.graph), method
         assert fast.act_scales == ref.act_scales and fast.quantized_ops == ref.quantized_ops
@@ -123,6 +204,25 @@ def test_batched_histogram_search_picks_ppqs_scale(method, bins):
     got = _scales.hist_scales(method, items)
     assert [float(s) for s, _ in got] == [float(s) for s, _ in want]
     assert len({float(s) for s, _ in want}) > 8      # the histograms really differ
+
+
+def test_mse_losses_are_ppqs_floats():
+    """Every candidate's loss is the float PPQ's compute_mse_loss returns (same terms, same
+    summation order), so ties break the same way."""
+    from ppq.quantization.observer.range import TorchMSEObserver
+
+    pm = _prepared("se_block")
+    cal = _calibrate(pm, _batches(), _stats(pm, _batches()), "minmax")
+    var, qc, _ = next(_scales.activation_configs(cal.graph))
+    obs = TorchMSEObserver(watch_on=var, quant_cfg=qc)
+    hists = _random_hists(4, 2048, seed=1)
+    losses, ends = _scales.mse_losses(np.stack([h for h, _ in hists]))
+    steps = [2048 // 256 + 1] + list(range(1, 2048 // 256 + 1))
+    for i, (h, _) in enumerate(hists):
+        want = [obs.compute_mse_loss(histogram=h.tolist(), start=0, step=s, end=256 * s)
+                for s in steps]
+        assert losses[i].tolist() == want
+    assert ends == [256 * s for s in steps]
 
 
 def test_graph_is_built_once_and_each_call_owns_its_copy(monkeypatch):
