@@ -19,7 +19,7 @@ def calibrate(model, batches: Sequence[dict[str, np.ndarray]], *, device: str = 
               lsq: dict | None = None, progress: bool = True,
               act_ranges: dict[str, tuple[float, float]] | None = None,
               act_hists: dict[str, tuple[np.ndarray, float]] | None = None,
-              reference: bool = False) -> CalibrationResult:
+              reference: bool = False, keep_graph: bool = True) -> CalibrationResult:
     """Calibrate ``model`` (a prepared onnx.ModelProto) with PPQ's TensorRT input-only quantizer.
 
     Args:
@@ -33,8 +33,10 @@ def calibrate(model, batches: Sequence[dict[str, np.ndarray]], *, device: str = 
             calibrated executor state end to end).
         act_hists: tensor -> (histogram of |x|, bin width), for kl / mse: scales then come from
             PPQ's ``hist_to_scale_offset`` of that method's observer (batched, same choice).
-        reference: with statistics, build PPQ's graph with PPQ's own quantizer, passes and
-            per-tensor scale search, none of it kept (the path the fast one is tested against).
+        reference: with statistics, build PPQ's graph with PPQ's own quantizer and passes and
+            use PPQ's per-tensor histogram search, nothing kept (tests compare the two paths).
+        keep_graph: with statistics, keep PPQ's graph of the model for the next call (off: a
+            new graph is neither kept nor copied).
 
     With statistics, PPQ's graph of the model is built once and copied for the next call on the
     same model (:mod:`xtrt.backend.ppq._graph`); ``result.timings`` splits the seconds.
@@ -45,7 +47,8 @@ def calibrate(model, batches: Sequence[dict[str, np.ndarray]], *, device: str = 
         if (act_ranges is not None or act_hists is not None) and not lsq:
             return _from_stats(model, batches, device=device, method=method,
                                fp32_ops=fp32_ops, ranges=act_ranges or {},
-                               hists=act_hists or {}, progress=progress, reference=reference)
+                               hists=act_hists or {}, progress=progress, reference=reference,
+                               keep=keep_graph)
         return _ppq_engine(model, batches, device=device, method=method, fp32_ops=fp32_ops,
                            lsq=lsq, progress=progress)
 
@@ -56,7 +59,7 @@ def _sample(data):
 
 
 def _from_stats(model, batches, *, device, method, fp32_ops, ranges, hists, progress,
-                reference) -> CalibrationResult:
+                reference, keep) -> CalibrationResult:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     data = _to_torch(batches[:1], [i.name for i in model.graph.input
@@ -65,7 +68,7 @@ def _from_stats(model, batches, *, device, method, fp32_ops, ranges, hists, prog
     if not data:
         raise QuantizationError("no calibration batches", "give calibration images")
     graph = _graph.build(model, _sample(data), device=device, fp32_ops=list(fp32_ops),
-                         progress=progress, reference=reference, timings=timings)
+                         progress=progress, reference=reference, keep=keep, timings=timings)
     t = time.perf_counter()
     _scales.apply_stats(graph, method, ranges, hists,
                         search=_scales.ppq_hist_scales if reference else _scales.hist_scales)

@@ -144,10 +144,11 @@ def _collate_to(device: str):
 
 
 def build(model, sample, *, device: str, fp32_ops, progress: bool = True,
-          reference: bool = False, timings: dict | None = None):
+          reference: bool = False, keep: bool = True, timings: dict | None = None):
     """A graph of ``model`` with every quantization config initialised and the weight scales set,
     no activation scale yet (:func:`xtrt.backend.ppq._scales.apply_stats` sets them).  A fresh
-    deep copy of the kept graph when the same model, float ops, device and sample come again."""
+    deep copy of the kept graph when the same model, float ops, device and sample come again;
+    with ``keep`` off a new graph is not kept (nor copied: the caller gets it)."""
     t0 = time.perf_counter()
     data = model.SerializeToString()
     shape = {k: (tuple(v.shape), str(v.dtype)) for k, v in sample.items()} \
@@ -165,7 +166,7 @@ def build(model, sample, *, device: str, fp32_ops, progress: bool = True,
     graph = run_quantizer(graph, setting, _collate_to(device)(sample), [sample],
                           device=device, progress=progress, reference=reference)
     _note(timings, "graph_quantize_s", t1)
-    if reference:
+    if reference or not keep:
         return graph
     t2 = time.perf_counter()
     _CACHE.clear()
