@@ -269,3 +269,18 @@ def test_ppq_cache_flushes_are_skipped(monkeypatch):
     assert calls == []
     _calibrate(pm, batches, stats, "minmax", reference=True)
     assert len(calls) >= 2
+
+
+def test_keep_graph_off_keeps_nothing():
+    """A run's single calibration (``xtrt.quant`` without keep_session) neither keeps the graph
+    nor copies it, and gives the same scales."""
+    pm = _prepared("se_block")
+    batches = _batches()
+    stats = _stats(pm, batches)
+    _graph.release()
+    once = _calibrate(pm, batches, stats, "kl", keep_graph=False)
+    assert not _graph._CACHE
+    kept = _calibrate(pm, batches, stats, "kl")
+    assert len(_graph._CACHE) == 1 and "graph_copy_s" in kept.timings
+    assert "graph_copy_s" not in once.timings
+    assert _configs(once.graph) == _configs(kept.graph)

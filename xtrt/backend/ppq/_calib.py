@@ -2,6 +2,7 @@
 runtime calibration (``calibration.engine: ppq``, LSQ)."""
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Sequence
 
@@ -62,7 +63,7 @@ def _from_stats(model, batches, *, device, method, fp32_ops, ranges, hists, prog
                 reference, keep) -> CalibrationResult:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    data = _to_torch(batches[:1], [i.name for i in model.graph.input
+    data = _to_torch(itertools.islice(batches, 1), [i.name for i in model.graph.input
                                    if i.name not in {t.name for t in model.graph.initializer}],
                      device)
     if not data:
