@@ -147,3 +147,20 @@ def qdq_conv_with_plugin_tail() -> onnx.ModelProto:
                             ("det_classes", TensorProto.INT32, ["N", 10])):
         g.output.append(helper.make_tensor_value_info(name, dt, shape))
     return m
+
+
+def qdq_gemm_softmax() -> onnx.ModelProto:
+    """x[N, 32] -> Relu (float) -> Q/DQ -> Gemm (int8 weight) -> bias Add -> Softmax -> y[N, 10]: a
+    classifier head whose last INT8 layer writes the float32 graph output through a float tail,
+    with an activation Q/DQ between float ops (what the FP16 export folds at opset 19)."""
+    m = qdq_gemm()
+    g = m.graph
+    rng = np.random.default_rng(3)
+    g.initializer.append(_init("fc_b", rng.normal(0, 0.1, 10).astype(np.float32)))
+    g.node[0].input[0] = "x_relu"
+    g.node[-1].output[0] = "logits"
+    g.node.insert(0, helper.make_node("Relu", ["x"], ["x_relu"], name="relu"))
+    g.node.extend([helper.make_node("Add", ["logits", "fc_b"], ["biased"], name="bias"),
+                   helper.make_node("Softmax", ["biased"], ["y"], name="softmax", axis=1)])
+    onnx.checker.check_model(m)
+    return m

@@ -56,6 +56,7 @@ class FallbackSettings:
     max_trials: int = 6
     per_trial: int = 2
     precision: str = "fp16"
+    qdq_opset: int = 19                 # export.fp16_qdq_opset
     rerank_steps: int = 6
     rerank_candidates: int = 8
     ranking_batches: int = 2
@@ -67,7 +68,7 @@ class FallbackSettings:
                    strategy=a.fallback_strategy, max_trials=a.max_trials,
                    per_trial=a.layers_per_trial, precision=cfg.export.float_precision,
                    rerank_steps=a.rerank_steps, rerank_candidates=a.rerank_candidates,
-                   ranking_batches=a.ranking_batches)
+                   ranking_batches=a.ranking_batches, qdq_opset=cfg.export.fp16_qdq_opset)
 
 
 def rank_layers(kind: str, prepared, cal, placement, batches: Sequence[dict], *,
@@ -117,7 +118,7 @@ def search_float_layers(s: FallbackSettings, prepared, cal, placement, selector,
 
     def trial(fp32_layers: list[str]):
         p, qm, written = build_trial(prepared, cal, placement, fp32_layers, s.precision,
-                                     precision_batches, device)
+                                     precision_batches, device, qdq_opset=s.qdq_opset)
         ev_t = selector.evaluate_model(written)
         cache[frozenset(fp32_layers)] = (p, ev_t, qm, written)
         # the output SQNR breaks ties of a coarse task metric (greedy strategy)
@@ -147,7 +148,7 @@ def search_float_layers(s: FallbackSettings, prepared, cal, placement, selector,
 
 
 def build_trial(prepared, cal, placement, fp32_layers: Sequence[str], precision: str,
-                precision_batches: Sequence[dict], device: str = "cpu"):
+                precision_batches: Sequence[dict], device: str = "cpu", qdq_opset: int = 19):
     """``(placement, Q/DQ export, written model)`` with ``fp32_layers`` kept in float."""
     from xtrt.quant import export as ex
     from xtrt.quant.placement import Placement
@@ -162,7 +163,8 @@ def build_trial(prepared, cal, placement, fp32_layers: Sequence[str], precision:
     if precision == "fp32":
         return p, qm, qm
     written, _ = apply_float_precision(qm, precision, list(precision_batches),
-                                       plugin_nodes=prepared.tail_nodes, device=device)
+                                       plugin_nodes=prepared.tail_nodes, device=device,
+                                       qdq_opset=qdq_opset)
     return p, qm, written
 
 

@@ -3,12 +3,17 @@
 TensorRT 11 and TensorRT-RTX build every network strongly typed: a layer runs in the type its ONNX
 tensors have, so whatever a Q/DQ model leaves in float32 (decode tail, Concat/Resize outside the
 pairs, layers the fallback keeps float) runs in FP32.  :func:`convert_fp16` rewrites the float32
-tensors of a Q/DQ model to float16 and keeps the opset (13): Q/DQ scales stay float32 (opset 13's
-DequantizeLinear has float32 scale and output), a ``Cast`` to float16 follows each
-DequantizeLinear and a ``Cast`` to float32 precedes each QuantizeLinear; TensorRT fuses these
-casts into the Q/DQ (the TensorRT-RTX build shows Half in/out of the Int8 convolutions), and
-ONNX Runtime runs it on CPU (its cast transformer computes nodes it has no FP16 kernel for in
-float32 between FP16 tensors).  Graph inputs and outputs keep their float32 type through a Cast.
+tensors of a Q/DQ model to float16, then (:func:`fold_qdq_casts`) writes the Q/DQ at opset 19 with
+float16 scales: QuantizeLinear takes the float16 tensor and DequantizeLinear outputs float16, with
+no Cast around them (what ModelOpt writes for ``--high_precision_dtype fp16``).  Below opset 19
+QuantizeLinear takes only float32 and DequantizeLinear outputs the scale's float32, so the export
+needs a ``Cast`` to float32 before each QuantizeLinear and a ``Cast`` to float16 after each
+DequantizeLinear; TensorRT-RTX 1.7 then fuses the last INT8 GEMM's epilogue with the float32
+graph-output tail, and a HardSwish + pooling block with its Q/DQ, into kernels running Float in and
+out (measured on the corpus: benchmarks/corpus.md).  ``qdq_opset=13`` keeps that older form (for
+builders whose parser stops before opset 19).  A scale FP16 cannot hold (outside its normal range
+[2^-14, 65504]) keeps float32 and its Casts, as does any scale shared with a Q/DQ that cannot fold.
+ONNX Runtime runs both forms on CPU; graph inputs and outputs keep their float32 type.
 
 Nodes stay float32 when :func:`fp32_reasons` finds a reason on calibration data: an activation
 whose magnitude exceeds :data:`FP16_SAFE` (FP16's largest value is 65504; the margin leaves room
@@ -22,9 +27,12 @@ import numpy as np
 
 from xtrt.model.graph import producer_through_casts, toposort
 
-__all__ = ["FP16_SAFE", "convert_fp16", "fp32_reasons", "float_regions", "output_writers"]
+__all__ = ["FP16_SAFE", "QDQ_FP16_OPSET", "convert_fp16", "fold_qdq_casts", "fp32_reasons",
+           "float_regions", "output_writers"]
 
 FP16_SAFE = 8192.0
+QDQ_FP16_OPSET = 19            # first opset with float16 QuantizeLinear input / DequantizeLinear scale
+_FP16_NORMAL = (2.0 ** -14, 65504.0)
 _FLOAT, _HALF = 1, 10          # onnx.TensorProto.FLOAT / FLOAT16
 # inputs that must stay float32 whatever the node's precision (ONNX schemas)
 _FP32_INPUTS = {("Resize", 2), ("Resize", 1), ("Upsample", 1)}
@@ -79,9 +87,12 @@ def _node_precision(node, types, keep32: set[str]) -> int | None:
     return _FLOAT if node.name in keep32 or node.domain not in ("", "ai.onnx") else _HALF
 
 
-def convert_fp16(model, keep_fp32: Mapping[str, str] | Sequence[str] = ()):
+def convert_fp16(model, keep_fp32: Mapping[str, str] | Sequence[str] = (), *,
+                 qdq_opset: int = QDQ_FP16_OPSET):
     """A copy of the Q/DQ ``model`` with every float32 tensor outside Q/DQ in float16, except the
-    outputs of the ``keep_fp32`` nodes; graph inputs/outputs keep their types."""
+    outputs of the ``keep_fp32`` nodes; graph inputs/outputs keep their types.  ``qdq_opset`` 19:
+    Q/DQ with float16 scales and no Casts around them (:func:`fold_qdq_casts`); 13: the model's
+    opset, float32 scales, a Cast on each side."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -147,6 +158,8 @@ def convert_fp16(model, keep_fp32: Mapping[str, str] | Sequence[str] = ()):
     del g.initializer[:]
     g.initializer.extend(kept)
     del g.value_info[:]
+    if qdq_opset >= QDQ_FP16_OPSET:
+        out, _ = fold_qdq_casts(out, qdq_opset)
     return out
 
 
@@ -242,3 +255,97 @@ def output_writers(model) -> dict[str, str]:
     return {n: f"writes graph output {o} after the last INT8 layer; graph outputs keep their "
                "float32 type (graph inputs and outputs keep their types)"
             for n, o in tail.items()}
+
+
+def _cast_to(node) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "to"), None)
+
+
+def _fold_plan(node, producer, consumers, types, outs) -> list | str | None:
+    """How a Q/DQ of the FP16 export folds its Cast: a Q reads the float16 tensor its
+    Cast(float16->float32) converts (returned: that tensor's name); a DQ drops the Casts to float16
+    that are its only readers (returned: those Casts).  None when it cannot fold."""
+    if node.op_type == "QuantizeLinear":
+        p = producer.get(node.input[0])
+        if p is not None and p.op_type == "Cast" and _cast_to(p) == _FLOAT \
+                and types.get(p.input[0]) == _HALF:
+            return p.input[0]
+        return None
+    users = consumers.get(node.output[0], [])
+    if node.output[0] in outs or not users or any(
+            u.op_type != "Cast" or _cast_to(u) != _HALF or u.output[0] in outs for u in users):
+        return None
+    return list(users)
+
+
+def fold_qdq_casts(model, opset: int = QDQ_FP16_OPSET) -> tuple[object, dict]:
+    """``(model, info)``: the FP16 export ``model`` (a Cast on each side of its Q/DQ) at ``opset``
+    (>= 19) with each Q/DQ scale in float16 and those Casts gone: QuantizeLinear reads the float16
+    tensor, DequantizeLinear writes float16.  A scale is folded when FP16's normal range holds
+    all its values and every Q/DQ using it can fold (:func:`_fold_plan`); the others keep float32
+    and their Casts (``info["fp32_scales"]``: scale -> why, for the foldable ones left).  When
+    the opset cannot be upgraded, ``model`` comes back unchanged with ``info["why"]``."""
+    from collections import defaultdict
+
+    from onnx import numpy_helper
+
+    from xtrt.errors import ModelError
+    from xtrt.model.opset import convert_opset, model_opset
+
+    try:
+        out = convert_opset(model, max(opset, model_opset(model)))
+    except ModelError as exc:
+        return model, {"qdq_opset": model_opset(model), "folded_scales": 0, "why": str(exc)}
+    g = out.graph
+    types = _elem_types(out)
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output if o}
+    consumers, uses = defaultdict(list), defaultdict(list)
+    for n in g.node:
+        for t in n.input:
+            if t:
+                consumers[t].append(n)
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 1:
+            uses[n.input[1]].append(n)
+    outs = {o.name for o in g.output}
+    folded, kept, dead = 0, {}, set()
+    for scale, nodes in uses.items():
+        t = inits.get(scale)
+        plans = [_fold_plan(n, producer, consumers, types, outs) for n in nodes]
+        if t is None or t.data_type != _FLOAT or all(p is None for p in plans):
+            continue
+        if any(p is None for p in plans):
+            kept[scale] = ("shared with a Q/DQ that reads or writes float32 (a graph input or "
+                           "a node kept FP32)")
+            continue
+        arr = numpy_helper.to_array(t)
+        if arr.size and not (_FP16_NORMAL[0] <= np.abs(arr).min() and
+                             np.abs(arr).max() <= _FP16_NORMAL[1]):
+            kept[scale] = (f"values {np.abs(arr).min():.3g}..{np.abs(arr).max():.3g} outside "
+                           f"FP16's normal range [2^-14, 65504]")
+            continue
+        t.CopyFrom(numpy_helper.from_array(arr.astype(np.float16), scale))
+        for n, plan in zip(nodes, plans):
+            if n.op_type == "QuantizeLinear":
+                n.input[0] = plan
+                continue
+            for cast in plan:
+                for user in consumers.get(cast.output[0], []):
+                    for i, x in enumerate(user.input):
+                        if x == cast.output[0]:
+                            user.input[i] = n.output[0]
+                dead.add(id(cast))
+        folded += 1
+    _drop_unused_casts(g, dead)
+    return out, {"qdq_opset": model_opset(out), "folded_scales": folded, "fp32_scales": kept}
+
+
+def _drop_unused_casts(g, dead: set) -> None:
+    """Remove the folded DequantizeLinear Casts (``dead``: ids) and Casts nobody reads any more
+    (the float16->float32 Casts the folded QuantizeLinears read)."""
+    keep = [n for n in g.node if id(n) not in dead]
+    used = {t for n in keep for t in n.input} | {o.name for o in g.output}
+    keep = [n for n in keep if n.op_type != "Cast" or any(o in used for o in n.output)]
+    del g.node[:]
+    g.node.extend(keep)
+    del g.value_info[:]

@@ -179,7 +179,8 @@ def _precision(cfg, prepared, qmodel, cal_src, evaluator, evaluation):
 
     model, info = precision_stage(cfg.export.float_precision, qmodel, _precision_batches(cal_src),
                                   evaluator.data, plugin_nodes=prepared.tail_nodes,
-                                  device=cfg.device, rtol=evaluator.rtol, atol=evaluator.atol)
+                                  device=cfg.device, rtol=evaluator.rtol, atol=evaluator.atol,
+                                  qdq_opset=cfg.export.fp16_qdq_opset)
     return model, info, evaluation if model is qmodel else evaluator.evaluate_model(model)
 
 

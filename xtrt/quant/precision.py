@@ -37,20 +37,25 @@ def activation_amax(model, batches: Sequence[dict[str, np.ndarray]], *,
 
 
 def apply_float_precision(qmodel, precision: str, batches: Sequence[dict[str, np.ndarray]], *,
-                          plugin_nodes: Iterable[str] = (), device: str = "cpu"):
+                          plugin_nodes: Iterable[str] = (), device: str = "cpu",
+                          qdq_opset: int = 19):
     """``(model, info)``: ``qmodel`` unchanged for ``fp32``; for ``fp16`` everything outside the
     Q/DQ pairs in FP16 except the nodes :func:`xtrt.quant.fp16.fp32_reasons` keeps (listed in
-    ``info["kept_fp32"]`` with the reason)."""
-    from xtrt.quant.fp16 import convert_fp16, float_regions, fp32_reasons
+    ``info["kept_fp32"]`` with the reason); ``qdq_opset`` 19: float16 Q/DQ scales, no Casts
+    around them (``info["qdq"]``: :func:`xtrt.quant.fp16.fold_qdq_casts`), 13: Casts."""
+    from xtrt.quant.fp16 import convert_fp16, float_regions, fold_qdq_casts, fp32_reasons
 
     if precision == "fp32":
         return qmodel, {"float_precision": "fp32", "kept_fp32": {},
                         "regions": float_regions(qmodel)}
     amax = activation_amax(qmodel, batches, device=device)
     keep = fp32_reasons(qmodel, amax, plugin_nodes=plugin_nodes)
-    out = convert_fp16(qmodel, keep)
+    out = convert_fp16(qmodel, keep, qdq_opset=13)
+    qdq = {"qdq_opset": 13, "folded_scales": 0}
+    if qdq_opset >= 19:
+        out, qdq = fold_qdq_casts(out, qdq_opset)
     info = {"float_precision": "fp16", "kept_fp32": keep, "regions": float_regions(out),
-            "measured_on": f"{len(batches)} calibration batches"}
+            "measured_on": f"{len(batches)} calibration batches", "qdq": qdq}
     log.info("FP16 export: %d nodes kept FP32", len(keep))
     return out, info
 
@@ -132,14 +137,15 @@ def qdq_exact_evaluator(ed, *, device: str = "cpu", rtol: float = 1e-3, atol: fl
 
 def precision_stage(precision: str, qmodel, batches: Sequence[dict[str, np.ndarray]], ed, *,
                     plugin_nodes: Iterable[str] = (), device: str = "cpu", rtol: float = 1e-3,
-                    atol: float = 1e-4):
+                    atol: float = 1e-4, qdq_opset: int = 19):
     """The pipeline's last model step: ``(model, info)`` for ``precision`` (fp16 | fp32).
 
     The FP16 export is always built, and both exports are evaluated on the held-out data ``ed``
     with the same ONNX Runtime settings (:func:`qdq_exact_evaluator`), so ``info["fidelity"]``
-    holds both figures whichever precision is chosen."""
+    holds both figures whichever precision is chosen (``qdq_opset``: see
+    :func:`apply_float_precision`)."""
     fp16, info = apply_float_precision(qmodel, "fp16", batches, plugin_nodes=plugin_nodes,
-                                       device=device)
+                                       device=device, qdq_opset=qdq_opset)
     evaluate = qdq_exact_evaluator(ed, device=device, rtol=rtol, atol=atol)
     a, b = _row(evaluate(qmodel)), _row(evaluate(fp16))
     info["fidelity"] = {"fp32": a, "fp16": b,
