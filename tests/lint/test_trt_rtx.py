@@ -117,6 +117,27 @@ def test_engine_judge_counts_float_islands_and_half_layers():
     assert body["accepted"] and body["body_only"] and body["plugin_nodes"] == ["batched_nms"]
 
 
+@needs_trt_rtx
+def test_fp16_export_at_opset_19_leaves_no_float_layer_after_the_last_int8_gemm():
+    """qdq_gemm_softmax: with Casts around its Q/DQ (opset 13) TensorRT-RTX runs the Int8 Gemm's
+    epilogue, bias and Softmax in one kernel Float in and out (a Float layer beside the Gemm, as
+    on five corpus models); with float16 Q/DQ scales (opset 19) the Gemm writes Half and no
+    layer runs Float in and out."""
+    from xtrt.quant.fp16 import convert_fp16
+
+    m = tm.qdq_gemm_softmax()
+    old, new = (trt_rtx.engine_judge(convert_fp16(m, qdq_opset=o)) for o in (13, 19))
+    for j in (old, new):
+        assert j["accepted"]
+        (gemm,) = [x for x in j["engine_layers"] if x["type"] == "gemm"]
+        assert gemm["in"] == ["Int8"] and "fc" in gemm["onnx_nodes"]
+    assert [sorted(x["onnx_nodes"]) for x in old["fp32_islands"]] == [
+        ["bias", "fc", "softmax", "w_DQ", "x_DQ", "y_Cast"]]
+    assert new["fp32_islands"] == []
+    (gemm,) = [x for x in new["engine_layers"] if x["type"] == "gemm"]
+    assert gemm["out"] == ["Half"]
+
+
 def test_explain_islands_needs_a_reason_for_every_node_it_computes():
     """Glue (Q/DQ/Cast) and the nodes of an Int8 layer need none; one reasoned node does not
     explain an island that computes another node without a reason."""

@@ -8,7 +8,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.lint import tiny_models as tm
-from xtrt.quant.fp16 import FP16_SAFE, convert_fp16, float_regions, fp32_reasons
+from xtrt.quant.fp16 import FP16_SAFE, convert_fp16, float_regions, fold_qdq_casts, fp32_reasons
 from xtrt.quant.precision import activation_amax
 
 
@@ -41,9 +41,10 @@ def test_everything_outside_qdq_is_fp16_and_io_types_are_kept():
     conv2 = next(n for n in h.graph.node if n.name == "conv2")
     assert t[conv2.output[0]] == TensorProto.FLOAT16
     assert float_regions(m) == {"fp32": 2, "fp16": 0} and float_regions(h) == {"fp32": 0, "fp16": 2}
-    for n in h.graph.node:       # Q/DQ keep float32 scales (opset 13)
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            assert t.get(n.input[1], TensorProto.FLOAT) == TensorProto.FLOAT
+    inits = {i.name: i.data_type for i in h.graph.initializer}
+    # the image's Q reads the float32 graph input: its scale (shared with its DQ) stays float32;
+    # the weight's DQ folds its Cast (float16 scale, float16 output)
+    assert inits["x_scale"] == TensorProto.FLOAT and inits["w_scale"] == TensorProto.FLOAT16
     x = np.random.default_rng(0).uniform(-2, 2, (2, 8, 16, 16)).astype(np.float32)
     a, b = _run(m, x)[0], _run(h, x)[0]
     assert b.dtype == np.float32
@@ -93,3 +94,76 @@ def test_output_writers_are_the_float_tail_after_the_last_int8_layer():
     g.node[6].input[0] = "a"                      # now relu only feeds the softmax: tail too
     got = output_writers(helper.make_model(g))
     assert sorted(got) == ["relu", "softmax"]
+
+
+def _qdq_casts(m) -> list[str]:
+    """Casts that read a DequantizeLinear or feed a QuantizeLinear."""
+    producer = {o: n for n in m.graph.node for o in n.output}
+    readers = {t: n for n in m.graph.node for t in n.input}
+    out = []
+    for n in m.graph.node:
+        if n.op_type != "Cast":
+            continue
+        p = producer.get(n.input[0])
+        users = [u for u in m.graph.node if n.output[0] in u.input]
+        if (p is not None and p.op_type == "DequantizeLinear") or \
+                any(u.op_type == "QuantizeLinear" for u in users):
+            out.append(n.name)
+    assert readers is not None
+    return out
+
+
+def _opset(m) -> int:
+    return next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def test_fp16_export_writes_qdq_at_opset_19_with_fp16_scales_and_no_casts():
+    """Between FP16 ops the Q reads the float16 tensor and the DQ writes float16 (opset 19,
+    float16 scales); qdq_opset=13 keeps the Casts.  ONNX Runtime runs both, equally close."""
+    m = tm.qdq_gemm_softmax()
+    h19, h13 = convert_fp16(m), convert_fp16(m, qdq_opset=13)
+    onnx.checker.check_model(h19, full_check=True)
+    assert _opset(h19) == 19 and _opset(h13) == 13
+    assert _qdq_casts(h19) == []
+    assert sorted(_qdq_casts(h13)) == ["w_dq_fp16_Cast", "x_dq_fp16_Cast", "x_relu_fp32_Cast"]
+    t, inits = _types(h19), {i.name: i.data_type for i in h19.graph.initializer}
+    assert inits["x_scale"] == inits["w_scale"] == TensorProto.FLOAT16
+    q = next(n for n in h19.graph.node if n.name == "x_Q")
+    assert t[q.input[0]] == TensorProto.FLOAT16 and t["x_dq"] == t["w_dq"] == TensorProto.FLOAT16
+    assert t["y"] == TensorProto.FLOAT                      # graph output keeps its type
+    x = np.random.default_rng(0).uniform(-3, 3, (4, 32)).astype(np.float32)
+    ref = _run(m, x)[0]
+    for h in (h19, h13):
+        got = _run(h, x)[0]
+        assert got.dtype == np.float32
+        assert 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2)) > 25   # INT8 flips
+
+
+def test_a_scale_fp16_cannot_hold_keeps_float32_and_its_casts():
+    """A weight scale below FP16's normal range (2^-14) is not rounded into float16: that DQ keeps
+    its float32 scale and its Cast, with the reason; the activation's Q/DQ still fold."""
+    m = tm.qdq_gemm_softmax()
+    w = next(i for i in m.graph.initializer if i.name == "w_scale")
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1e-3, "w_scale"))
+    h, info = fold_qdq_casts(convert_fp16(m, qdq_opset=13))
+    assert info["qdq_opset"] == 19 and info["folded_scales"] == 1
+    assert list(info["fp32_scales"]) == ["w_scale"]
+    assert "outside FP16's normal range" in info["fp32_scales"]["w_scale"]
+    assert _qdq_casts(h) == ["w_dq_fp16_Cast"]
+    inits = {i.name: i.data_type for i in h.graph.initializer}
+    assert inits["w_scale"] == TensorProto.FLOAT and inits["x_scale"] == TensorProto.FLOAT16
+    x = np.random.default_rng(1).uniform(-3, 3, (2, 32)).astype(np.float32)
+    assert np.isfinite(_run(h, x)[0]).all()
+
+
+def test_a_scale_shared_with_a_float32_qdq_is_not_folded():
+    """A node kept FP32 reads the DQ: the scale it shares with the Q stays float32, both keep
+    their Casts (rounding the Q's scale alone would give the pair two different scales)."""
+    m = tm.qdq_gemm_softmax()
+    h, info = fold_qdq_casts(convert_fp16(m, {"fc": "kept FP32 for the test"}, qdq_opset=13))
+    assert "x_scale" in info["fp32_scales"] and "shared with" in info["fp32_scales"]["x_scale"]
+    inits = {i.name: i.data_type for i in h.graph.initializer}
+    assert inits["x_scale"] == TensorProto.FLOAT
+    assert "x_relu_fp32_Cast" in _qdq_casts(h)
+    x = np.random.default_rng(2).uniform(-3, 3, (2, 32)).astype(np.float32)
+    assert np.allclose(_run(h, x)[0], _run(m, x)[0], atol=1e-2)
