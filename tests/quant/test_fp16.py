@@ -43,8 +43,8 @@ def test_everything_outside_qdq_is_fp16_and_io_types_are_kept():
     assert float_regions(m) == {"fp32": 2, "fp16": 0} and float_regions(h) == {"fp32": 0, "fp16": 2}
     inits = {i.name: i.data_type for i in h.graph.initializer}
     # the image's Q reads the float32 graph input: its scale (shared with its DQ) stays float32;
-    # the weight's DQ folds its Cast (float16 scale, float16 output)
-    assert inits["x_scale"] == TensorProto.FLOAT and inits["w_scale"] == TensorProto.FLOAT16
+    # so does the Conv weight's (for ONNX Runtime: test_conv_weights_keep_float32_scales)
+    assert inits["x_scale"] == inits["w_scale"] == TensorProto.FLOAT
     x = np.random.default_rng(0).uniform(-2, 2, (2, 8, 16, 16)).astype(np.float32)
     a, b = _run(m, x)[0], _run(h, x)[0]
     assert b.dtype == np.float32
@@ -140,18 +140,19 @@ def test_fp16_export_writes_qdq_at_opset_19_with_fp16_scales_and_no_casts():
 
 
 def test_a_scale_fp16_cannot_hold_keeps_float32_and_its_casts():
-    """A weight scale below FP16's normal range (2^-14) is not rounded into float16: that DQ keeps
-    its float32 scale and its Cast, with the reason; the activation's Q/DQ still fold."""
+    """A weight scale below FP16's normal range (2^-14) is not rounded into float16: it keeps its
+    float32 scale and its Cast, with the reason, and so does the Gemm's activation scale (a GEMM's
+    two operand scales share one type: TensorRT-RTX's Myelin rejects a mix)."""
     m = tm.qdq_gemm_softmax()
     w = next(i for i in m.graph.initializer if i.name == "w_scale")
     w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1e-3, "w_scale"))
     h, info = fold_qdq_casts(convert_fp16(m, qdq_opset=13))
-    assert info["qdq_opset"] == 19 and info["folded_scales"] == 1
-    assert list(info["fp32_scales"]) == ["w_scale"]
-    assert "outside FP16's normal range" in info["fp32_scales"]["w_scale"]
-    assert _qdq_casts(h) == ["w_dq_fp16_Cast"]
+    assert info["qdq_opset"] == 19 and info["folded_scales"] == 0
+    assert info["fp32_scales"] == {"values outside FP16's normal range [2^-14, 65504]":
+                                   ["x_scale", "w_scale"]}
+    assert sorted(_qdq_casts(h)) == ["w_dq_fp16_Cast", "x_dq_fp16_Cast", "x_relu_fp32_Cast"]
     inits = {i.name: i.data_type for i in h.graph.initializer}
-    assert inits["w_scale"] == TensorProto.FLOAT and inits["x_scale"] == TensorProto.FLOAT16
+    assert inits["w_scale"] == inits["x_scale"] == TensorProto.FLOAT
     x = np.random.default_rng(1).uniform(-3, 3, (2, 32)).astype(np.float32)
     assert np.isfinite(_run(h, x)[0]).all()
 
@@ -161,9 +162,69 @@ def test_a_scale_shared_with_a_float32_qdq_is_not_folded():
     their Casts (rounding the Q's scale alone would give the pair two different scales)."""
     m = tm.qdq_gemm_softmax()
     h, info = fold_qdq_casts(convert_fp16(m, {"fc": "kept FP32 for the test"}, qdq_opset=13))
-    assert "x_scale" in info["fp32_scales"] and "shared with" in info["fp32_scales"]["x_scale"]
+    (why,) = [k for k, v in info["fp32_scales"].items() if "x_scale" in v]
+    assert why.startswith("shares its type with a Q/DQ that reads or writes float32")
     inits = {i.name: i.data_type for i in h.graph.initializer}
     assert inits["x_scale"] == TensorProto.FLOAT
     assert "x_relu_fp32_Cast" in _qdq_casts(h)
     x = np.random.default_rng(2).uniform(-3, 3, (2, 32)).astype(np.float32)
     assert np.allclose(_run(h, x)[0], _run(m, x)[0], atol=1e-2)
+
+
+def _ort(m, x, level: str):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {"off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return s.run(None, {"x": x})
+
+
+def test_conv_weights_keep_float32_scales_so_onnx_runtime_optimizes_it_unchanged():
+    """ONNX Runtime's WeightBiasQuantization (basic level) rewrites a Conv's float bias as
+    round(bias / (x_scale * w_scale)) in the bias's type; with float16 scales and bias that
+    overflows.  The Conv weight keeps a float32 scale, so every level computes the same."""
+    m = tm.qdq_conv_big_bias()
+    h, info = fold_qdq_casts(convert_fp16(m, qdq_opset=13))
+    assert info["folded_scales"] == 1                       # the activation's
+    (why,) = [k for k, v in info["fp32_scales"].items() if v == ["w_scale"]]
+    assert "WeightBiasQuantization" in why
+    x = np.random.default_rng(3).uniform(-2, 2, (2, 8, 16, 16)).astype(np.float32)
+    off = _run(m, x)[0]
+    for level in ("basic", "all"):
+        assert np.allclose(_ort(h, x, level)[0], off, rtol=2e-2, atol=0.05 * np.abs(off).max())
+
+
+def test_concat_qdq_keep_float32_scales_so_onnx_runtime_fuses_it():
+    """ONNX Runtime's QLinearConcat fusion (all levels above basic) takes float32 scales only:
+    with float16 ones it rejects the model.  A Concat's Q/DQ keep float32 scales."""
+    m = tm.qdq_concat()
+    h, info = fold_qdq_casts(convert_fp16(m, qdq_opset=13))
+    (why,) = [k for k, v in info["fp32_scales"].items() if "cat_scale" in v]
+    assert "QLinearConcat" in why
+    x = np.random.default_rng(4).uniform(-2, 2, (2, 8, 16, 16)).astype(np.float32)
+    assert np.allclose(_ort(h, x, "all")[0], _ort(h, x, "off")[0], atol=1e-2)
+
+
+def test_two_gemms_on_one_qdq_get_their_own_pair_when_one_bias_would_overflow():
+    """MTCNN ONet's head: two Gemms read one Q/DQ; one's bias / (x_scale * w_scale) exceeds
+    float16 (ONNX Runtime's bias quantization would overflow), so that Gemm gets its own Q/DQ
+    pair with float32 scales (equal in value) and the other folds to float16."""
+    m = tm.qdq_two_gemm_heads()
+    h, info = fold_qdq_casts(convert_fp16(m, qdq_opset=13))
+    inits = {i.name: i for i in h.graph.initializer}
+    assert inits["x_scale"].data_type == inits["w0_scale"].data_type == TensorProto.FLOAT16
+    assert inits["x_scale_fc1"].data_type == inits["w1_scale"].data_type == TensorProto.FLOAT
+    assert numpy_helper.to_array(inits["x_scale_fc1"]) == \
+        numpy_helper.to_array(inits["x_scale"]).astype(np.float32)
+    assert {n.name for n in h.graph.node} >= {"x_Q_fc1", "x_DQ_fc1"}
+    x = np.random.default_rng(5).uniform(-2, 2, (4, 32)).astype(np.float32)
+    ref, off = _run_all(m, x), _ort(h, x, "off")
+    for level in ("basic", "all"):
+        for a, b, r in zip(_ort(h, x, level), off, ref):
+            assert np.allclose(a, b, rtol=1e-2, atol=1e-2 * np.abs(r).max())
+
+
+def _run_all(m, x):
+    return ort.InferenceSession(m.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})
