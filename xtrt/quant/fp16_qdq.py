@@ -18,7 +18,7 @@ from xtrt.model.graph import producer_through_casts
 
 __all__ = ["QDQ_FP16_OPSET", "fold_casts"]
 
-QDQ_FP16_OPSET = 19            # first opset with float16 QuantizeLinear input / DequantizeLinear scale
+QDQ_FP16_OPSET = 19            # first opset: float16 QuantizeLinear input, DequantizeLinear scale
 _FLOAT, _HALF = 1, 10          # onnx.TensorProto.FLOAT / FLOAT16
 _FP16_NORMAL = (2.0 ** -14, 65504.0)
 
