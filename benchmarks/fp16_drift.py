@@ -13,7 +13,9 @@ is chosen on it) with ONNX Runtime CPU, Q/DQ fusions off.  Against the FP32 sour
 * top-1 agreement (Wilson 95 % interval);
 * the FP16 - FP32 export SQNR difference with a paired bootstrap 95 % interval over images;
 * the resolution: how far the FP32 export's figures move when its input is scaled by 1 + 1e-5
-  (xtrt.quant.precision.RESOLUTION_EPS), INT8 rounding flips alone.
+  (xtrt.quant.precision.RESOLUTION_EPS), INT8 rounding flips alone;
+* ``fp32_fp16_scales``: the FP32 export with its activation scales rounded to float16 values, as
+  the opset-19 export stores them (the INT8 rounding that changes, without FP16 arithmetic).
 """
 from __future__ import annotations
 
@@ -40,6 +42,24 @@ def _logit_tensor(model) -> str | None:
     while n is not None and n.op_type in ("Identity", "Cast"):
         n = producer.get(n.input[0])
     return n.input[0] if n is not None and n.op_type == "Softmax" else None
+
+
+def _fp16_valued_scales(qmodel):
+    """The FP32 export with every activation Q/DQ scale rounded to its float16 value (stored
+    float32), as the opset-19 FP16 export writes them: INT8 rounding moves, no FP16 arithmetic."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(qmodel)
+    inits = {t.name: t for t in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.input[0] not in inits \
+                and n.input[1] in inits:
+            a = numpy_helper.to_array(inits[n.input[1]])
+            inits[n.input[1]].CopyFrom(numpy_helper.from_array(
+                a.astype(np.float16).astype(np.float32), n.input[1]))
+    return m
 
 
 def _run_all(model, names, feeds_list, scale: float = 1.0) -> dict[str, np.ndarray]:
@@ -86,7 +106,7 @@ def measure(key: str, work: Path) -> dict:
     qmodel, _ = export_variant(bench, ["quantization.effort=default"], cache=work / "variants")
     cal = [b.feeds for b in itertools.islice(iter(_bench.batches(
         bench, cfg, prepared, bench.cal, cfg.calibration.batch_size)), 2)]
-    models = {"fp32": qmodel}
+    models = {"fp32": qmodel, "fp32_fp16_scales": _fp16_valued_scales(qmodel)}
     for opset in (19, 13):
         models[f"fp16_opset{opset}"], _ = apply_float_precision(qmodel, "fp16", cal,
                                                                 qdq_opset=opset)
