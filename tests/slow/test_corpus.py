@@ -111,9 +111,10 @@ def test_fp16_export_has_no_float_layer_outside_the_int8_layers(result):
 
 
 def test_fp16_export_within_half_a_db_of_the_fp32_export(result):
-    """Within 0.5 dB, or within what the figure resolves on these images (the FP32 export's own
-    move under a 1e-5 input scaling: INT8 rounding flips alone)."""
+    """At most 0.5 dB below the FP32 export (a higher figure is no loss), or within what the
+    figure resolves on these images (the FP32 export's own move under a 1e-5 input scaling:
+    INT8 rounding flips alone)."""
     assert result.fp16_delta_db is not None, "no FP16-vs-FP32 figure in the report"
     allowed = max(0.5, result.sqnr_resolution_db or 0.0)
-    assert abs(result.fp16_delta_db) <= allowed, \
+    assert result.fp16_delta_db >= -allowed, \
         f"FP16 {result.fp16_delta_db:+.2f} dB from FP32 (resolution {result.sqnr_resolution_db})"
