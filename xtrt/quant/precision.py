@@ -143,7 +143,13 @@ def precision_stage(precision: str, qmodel, batches: Sequence[dict[str, np.ndarr
     The FP16 export is always built, and both exports are evaluated on the held-out data ``ed``
     with the same ONNX Runtime settings (:func:`qdq_exact_evaluator`), so ``info["fidelity"]``
     holds both figures whichever precision is chosen (``qdq_opset``: see
-    :func:`apply_float_precision`)."""
+    :func:`apply_float_precision`; at 19 both exports take the float16 values of the activation
+    scales, :func:`xtrt.quant.fp16_qdq.fp16_valued_scales`, so they differ by FP16 arithmetic
+    alone)."""
+    if precision == "fp16" and qdq_opset >= 19:
+        from xtrt.quant.fp16_qdq import fp16_valued_scales
+
+        qmodel = fp16_valued_scales(qmodel)
     fp16, info = apply_float_precision(qmodel, "fp16", batches, plugin_nodes=plugin_nodes,
                                        device=device, qdq_opset=qdq_opset)
     evaluate = qdq_exact_evaluator(ed, device=device, rtol=rtol, atol=atol)
@@ -158,7 +164,9 @@ def precision_stage(precision: str, qmodel, batches: Sequence[dict[str, np.ndarr
                                           f"below FP16 rounding): how far the figure moves on "
                                           f"these images by INT8 rounding flips alone",
                         "judged_on": "held-out images, ONNX Runtime CPU/CUDA with Q/DQ fusions "
-                                     "off (FP16 tensors between ops)"}
+                                     "off (FP16 tensors between ops)",
+                        "fp32_scales": "the FP16 export's (float16 values)" if
+                        precision == "fp16" and qdq_opset >= 19 else "as calibrated"}
     if precision == "fp16":
         return fp16, info
     info["float_precision"] = "fp32"
