@@ -228,3 +228,21 @@ def test_two_gemms_on_one_qdq_get_their_own_pair_when_one_bias_would_overflow():
 def _run_all(m, x):
     return ort.InferenceSession(m.SerializeToString(),
                                 providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+
+def test_fp16_valued_scales_round_activation_scales_and_keep_weight_scales():
+    """The FP32 contrast export of an opset-19 FP16 export takes the float16 values of its
+    activation scales (so the two differ by FP16 arithmetic alone); weight scales, with which
+    the int8 weights were rounded, stay as they are."""
+    from xtrt.quant.fp16_qdq import fp16_valued_scales
+
+    m = tm.qdq_gemm_softmax()
+    x = next(i for i in m.graph.initializer if i.name == "x_scale")
+    x.CopyFrom(numpy_helper.from_array(np.float32(0.0314159), "x_scale"))
+    w0 = numpy_helper.to_array(next(i for i in m.graph.initializer if i.name == "w_scale"))
+    got = {i.name: numpy_helper.to_array(i) for i in fp16_valued_scales(m).graph.initializer}
+    assert got["x_scale"].dtype == np.float32
+    assert got["x_scale"] == np.float32(np.float16(0.0314159)) != np.float32(0.0314159)
+    assert np.array_equal(got["w_scale"], w0)
+    fp16 = {i.name: numpy_helper.to_array(i) for i in convert_fp16(m).graph.initializer}
+    assert fp16["x_scale"].astype(np.float32) == got["x_scale"]     # the FP16 export's value
