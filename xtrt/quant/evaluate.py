@@ -1,10 +1,14 @@
 """Evaluation stage: the held-out images with their FP32 outputs, computed once, and the
-evaluation of any exported model (or PPQ's simulation) against them."""
+evaluation of any exported model (or PPQ's simulation) against them.  A model is scored once per
+evaluator: the same bytes scored again (verify, fallback test curve, precision stage, final
+figure) return the first evaluation, and its ONNX Runtime runner is shared
+(:mod:`xtrt.quant.reuse`)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from xtrt.quant.reuse import RUNNERS, Memo, clear_run
 from xtrt.quant.verify import EvalData, Evaluation, evaluate
 
 __all__ = ["Evaluator", "build_evaluator"]
@@ -21,20 +25,26 @@ class Evaluator:
     rtol: float
     atol: float
     judged_on: str
+    scored: Memo = field(default_factory=Memo, repr=False)   # model bytes -> Evaluation
 
-    def evaluate_model(self, model) -> Evaluation:
-        from xtrt.runtime.split import SplitRunner
-
+    def runner(self, model):
+        """The ONNX Runtime runner models are scored with (shared for the same bytes)."""
         # basic: ORT's extended level fuses Q/DQ into its own int8 kernels (QLinearConv), whose
         # u8s8 AVX2 path saturates (EfficientNet-Lite0 on a non-VNNI CPU: 3.8 dB instead of the
         # 24.3 dB of the Q/DQ semantics that TensorRT executes)
-        runner = SplitRunner(model, device=self.device, optimization="basic")
-        return evaluate(runner.run, self.data, rtol=self.rtol, atol=self.atol)
+        return RUNNERS.runner(model, self.device, optimization="basic")
+
+    def evaluate_model(self, model) -> Evaluation:
+        """``model`` scored on this evaluator's images (once per model bytes)."""
+        return self.scored.get(model, lambda: evaluate(self.runner(model).run, self.data,
+                                                       rtol=self.rtol, atol=self.atol))
 
     def evaluate_fn(self, run_fn) -> Evaluation:
         return evaluate(run_fn, self.data, rtol=self.rtol, atol=self.atol)
 
     def close(self) -> None:
+        self.scored.clear()
+        clear_run()
         self.data.close()
 
 

@@ -151,7 +151,7 @@ def build_trial(prepared, cal, placement, fp32_layers: Sequence[str], precision:
     """``(placement, Q/DQ export, written model)`` with ``fp32_layers`` kept in float."""
     from xtrt.quant import export as ex
     from xtrt.quant.placement import Placement
-    from xtrt.quant.precision import apply_float_precision
+    from xtrt.quant.reuse import float_precision_export
 
     floats = set(fp32_layers)
     p = Placement(quantize=[n for n in placement.quantize if n not in floats],
@@ -161,8 +161,8 @@ def build_trial(prepared, cal, placement, fp32_layers: Sequence[str], precision:
     qm = ex.export_qdq(prepared.model, cal, p)
     if precision == "fp32":
         return p, qm, qm
-    written, _ = apply_float_precision(qm, precision, list(precision_batches),
-                                       plugin_nodes=prepared.tail_nodes, device=device)
+    written, _ = float_precision_export(qm, precision, precision_batches,
+                                        plugin_nodes=prepared.tail_nodes, device=device)
     return p, qm, written
 
 

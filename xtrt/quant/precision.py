@@ -91,20 +91,21 @@ RESOLUTION_EPS = 1e-5     # 50x below FP16 rounding (2^-11 relative)
 
 
 def sqnr_resolution(qmodel, ed, base_db: float | None, *, device: str = "cpu",
-                    rtol: float = 1e-3, atol: float = 1e-4) -> float | None:
+                    rtol: float = 1e-3, atol: float = 1e-4, runner=None) -> float | None:
     """How far the worst output SQNR of ``qmodel`` on the held-out data ``ed`` moves when every
     float input is scaled by ``1 + RESOLUTION_EPS`` (``base_db``: the unperturbed figure).
 
     A Q/DQ model is chaotic at its rounding boundaries: a perturbation far below FP16 rounding
     flips some INT8 roundings, which compound layer by layer.  On few images, with one near a
     decision boundary, that alone moves the figure by dB; an FP16-vs-FP32 difference smaller
-    than this is not resolved by these images."""
+    than this is not resolved by these images.  ``runner``: an existing runner of ``qmodel``
+    (ORT at 'basic') to reuse."""
     from xtrt.quant.verify import evaluate
     from xtrt.runtime.split import SplitRunner
 
     if base_db is None:
         return None
-    runner = SplitRunner(qmodel, device=device, optimization="basic")
+    runner = runner or SplitRunner(qmodel, device=device, optimization="basic")
 
     def run(feeds):
         return runner.run({k: (v * (1 + RESOLUTION_EPS)).astype(v.dtype)
@@ -132,21 +133,25 @@ def qdq_exact_evaluator(ed, *, device: str = "cpu", rtol: float = 1e-3, atol: fl
 
 def precision_stage(precision: str, qmodel, batches: Sequence[dict[str, np.ndarray]], ed, *,
                     plugin_nodes: Iterable[str] = (), device: str = "cpu", rtol: float = 1e-3,
-                    atol: float = 1e-4):
+                    atol: float = 1e-4, export=None, evaluate=None, runner=None):
     """The pipeline's last model step: ``(model, info)`` for ``precision`` (fp16 | fp32).
 
     The FP16 export is always built, and both exports are evaluated on the held-out data ``ed``
     with the same ONNX Runtime settings (:func:`qdq_exact_evaluator`), so ``info["fidelity"]``
-    holds both figures whichever precision is chosen."""
-    fp16, info = apply_float_precision(qmodel, "fp16", batches, plugin_nodes=plugin_nodes,
-                                       device=device)
-    evaluate = qdq_exact_evaluator(ed, device=device, rtol=rtol, atol=atol)
+    holds both figures whichever precision is chosen.  A run that has them already passes
+    ``export`` (like :func:`apply_float_precision`), ``evaluate`` (like
+    :func:`qdq_exact_evaluator`'s, on ``ed``) and ``runner(model)`` (an ORT runner at 'basic')."""
+    fp16, info = (export or apply_float_precision)(qmodel, "fp16", batches,
+                                                   plugin_nodes=plugin_nodes, device=device)
+    info = dict(info)
+    evaluate = evaluate or qdq_exact_evaluator(ed, device=device, rtol=rtol, atol=atol)
     a, b = _row(evaluate(qmodel)), _row(evaluate(fp16))
     info["fidelity"] = {"fp32": a, "fp16": b,
                         "delta_sqnr_db": (b["sqnr_db"] - a["sqnr_db"])
                         if a["sqnr_db"] is not None and b["sqnr_db"] is not None else None,
                         "resolution_db": sqnr_resolution(qmodel, ed, a["sqnr_db"], device=device,
-                                                         rtol=rtol, atol=atol),
+                                                         rtol=rtol, atol=atol, runner=runner and
+                                                         runner(qmodel)),
                         "resolution_how": f"|SQNR change| of the FP32 export when its input is "
                                           f"scaled by 1 + {RESOLUTION_EPS:g} (a perturbation far "
                                           f"below FP16 rounding): how far the figure moves on "
