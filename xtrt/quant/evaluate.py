@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from xtrt.quant.reuse import RUNNERS, Memo, clear_run
+from xtrt.quant.reuse import RUNNERS, Memo, clear_run, session_options
 from xtrt.quant.verify import EvalData, Evaluation, evaluate
 
 __all__ = ["Evaluator", "build_evaluator"]
@@ -32,7 +32,8 @@ class Evaluator:
         # basic: ORT's extended level fuses Q/DQ into its own int8 kernels (QLinearConv), whose
         # u8s8 AVX2 path saturates (EfficientNet-Lite0 on a non-VNNI CPU: 3.8 dB instead of the
         # 24.3 dB of the Q/DQ semantics that TensorRT executes)
-        return RUNNERS.runner(model, self.device, optimization="basic")
+        return RUNNERS.runner(model, self.device, optimization="basic",
+                              **session_options(self.device))
 
     def evaluate_model(self, model) -> Evaluation:
         """``model`` scored on this evaluator's images (once per model bytes)."""
@@ -61,7 +62,7 @@ def build_evaluator(job, prepared, source, *, kind: str | None = None) -> Evalua
                               cfg.evaluation.task, prepared.input_shape[2:4])
     reference = prepared.reference if prepared.reference is not None else \
         load_model(job.model_path)   # the source with batch fixes only (xtrt.model.prepare)
-    ref_runner = SplitRunner(reference, device=cfg.device)
+    ref_runner = SplitRunner(reference, device=cfg.device, **session_options(cfg.device))
     store = BatchStore(spill_dir=job.stage / ".cache")
     ed = prepare_eval(ref_runner, source, task, layout,
                       annotations=str(cfg.path(cfg.evaluation.annotations))

@@ -176,7 +176,7 @@ def _precision(cfg, prepared, qmodel, batches, evaluator, evaluation):
     run's shared FP16 exports, evaluations and runners (xtrt.quant.reuse).
     Returns ``(model, info, evaluation of that model)`` (``evaluation`` is ``qmodel``'s)."""
     from xtrt.quant.precision import precision_stage
-    from xtrt.quant.reuse import float_precision_export
+    from xtrt.quant.fallback import float_precision_export
 
     model, info = precision_stage(cfg.export.float_precision, qmodel, batches,
                                   evaluator.data, plugin_nodes=prepared.tail_nodes,

@@ -18,6 +18,7 @@ def activation_amax(model, batches: Sequence[dict[str, np.ndarray]], *,
     """Float tensor -> max |x| over ``batches``, on ONNX Runtime (the body before any plugin)."""
     from xtrt.model.split import runnable_body, with_outputs
     from xtrt.quant.fp16 import _elem_types
+    from xtrt.quant.reuse import session_options
     from xtrt.runtime.session import make_session
 
     body = runnable_body(model)
@@ -26,13 +27,15 @@ def activation_amax(model, batches: Sequence[dict[str, np.ndarray]], *,
     names = list(dict.fromkeys(o for n in body.graph.node for o in n.output
                                if o and types.get(o) == 1 and o not in inits
                                and n.op_type not in ("Constant", "QuantizeLinear")))
-    sess = make_session(with_outputs(body, names), device)
+    sess = make_session(with_outputs(body, names), device, **session_options(device))
     got = [o.name for o in sess.get_outputs()]
     amax: dict[str, float] = {}
     for feeds in batches:
         for name, val in zip(got, sess.run(got, feeds)):
             if val.size and np.issubdtype(val.dtype, np.floating):
-                amax[name] = max(amax.get(name, 0.0), float(np.max(np.abs(val))))
+                # max |x| = max(max x, -min x): two read-only reductions, no |x| temporary
+                hi, lo = float(val.max()), float(val.min())
+                amax[name] = max(amax.get(name, 0.0), hi if hi != hi else max(hi, -lo))
     return amax
 
 

@@ -21,8 +21,19 @@ import hashlib
 from collections import OrderedDict
 from typing import Any, Callable, Hashable
 
-__all__ = ["FP16", "Memo", "RUNNERS", "RunnerCache", "batches_digest", "clear_run",
-           "float_precision_export", "model_digest"]
+__all__ = ["CUDA_SCORING", "FP16", "Memo", "RUNNERS", "RunnerCache", "batches_digest", "clear_run",
+           "model_digest", "session_options"]
+
+
+#: CUDA EP options of every session a run scores or analyses with: cuDNN's heuristic conv plans.
+#: The default exhaustive search costs each new YOLOv8n 640 session about 1 s on an H200
+#: (observe.STATS_CUDA_OPTIONS, measured) and a run builds dozens (trials, suffixes, exports).
+CUDA_SCORING: dict[str, str] = {"cudnn_conv_algo_search": "HEURISTIC"}
+
+
+def session_options(device: str) -> dict:
+    """Extra :func:`xtrt.runtime.session.make_session` keywords for ``device``."""
+    return {"cuda_options": dict(CUDA_SCORING)} if device == "cuda" else {}
 
 
 def model_digest(model) -> str | None:
@@ -101,18 +112,6 @@ def batches_digest(batches) -> str:
 
 FP16 = Memo(size=16)
 """FP16 exports by (Q/DQ model bytes, calibration batches, plugin nodes, device)."""
-
-
-def float_precision_export(qmodel, precision: str, batches, *, plugin_nodes=(),
-                           device: str = "cpu"):
-    """:func:`xtrt.quant.precision.apply_float_precision`, once per model bytes and batches: the
-    fallback's chosen trial and the precision stage build the same FP16 export."""
-    from xtrt.quant.precision import apply_float_precision
-
-    batches = list(batches)
-    return FP16.get(qmodel, lambda: apply_float_precision(
-        qmodel, precision, batches, plugin_nodes=plugin_nodes, device=device),
-        precision, batches_digest(batches), tuple(sorted(plugin_nodes)), device)
 
 
 def clear_run() -> None:
