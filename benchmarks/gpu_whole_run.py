@@ -54,9 +54,10 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     rc = subprocess.call(cmd)
     wall = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rss, cpu = use.ru_maxrss / 2 ** 20, use.ru_utime + use.ru_stime
     print(f"whole run ({a.device}, {a.steps}x{b} calibration, {a.count} held out, {s}px): "
-          f"rc {rc}, {wall:.1f} s wall, peak RSS {rss:.2f} GiB")
+          f"rc {rc}, {wall:.1f} s wall, {cpu:.1f} CPU s, peak RSS {rss:.2f} GiB")
     rep = Path(a.out) / "report.json"
     if not rep.exists():
         return rc or 1
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     print("calibration", {k: r["calibration"].get(k) for k in ("method", "requested", "seconds")})
     print("method_search", r["calibration"].get("method_search"))
     if a.json:
-        Path(a.json).write_text(json.dumps({"wall_s": wall, "rss_gib": rss, "timings_s": t_s,
+        Path(a.json).write_text(json.dumps({"wall_s": wall, "cpu_s": cpu, "rss_gib": rss, "timings_s": t_s,
                                             "summary": r["summary"], "argv": cmd}, indent=1))
     if a.profile:
         import pstats

@@ -55,14 +55,13 @@ def build_evaluator(job, prepared, source, *, kind: str | None = None) -> Evalua
     from xtrt.data.store import BatchStore
     from xtrt.model.load import dims_of, load_model
     from xtrt.quant.verify import prepare_eval
-    from xtrt.runtime.split import SplitRunner
 
     cfg = job.cfg
     task, layout = infer_task([dims_of(o) for o in prepared.model.graph.output],
                               cfg.evaluation.task, prepared.input_shape[2:4])
     reference = prepared.reference if prepared.reference is not None else \
         load_model(job.model_path)   # the source with batch fixes only (xtrt.model.prepare)
-    ref_runner = SplitRunner(reference, device=cfg.device, **session_options(cfg.device))
+    ref_runner = RUNNERS.runner(reference, cfg.device, **session_options(cfg.device))  # selection + test
     store = BatchStore(spill_dir=job.stage / ".cache")
     ed = prepare_eval(ref_runner, source, task, layout,
                       annotations=str(cfg.path(cfg.evaluation.annotations))
