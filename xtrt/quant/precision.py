@@ -14,8 +14,10 @@ log = logging.getLogger(__name__)
 
 
 def activation_amax(model, batches: Sequence[dict[str, np.ndarray]], *,
-                    device: str = "cpu") -> dict[str, float]:
-    """Float tensor -> max |x| over ``batches``, on ONNX Runtime (the body before any plugin)."""
+                    device: str = "cpu", skip_below: float | None = None) -> dict[str, float]:
+    """Float tensor -> max |x| over ``batches``, on ONNX Runtime (the body before any plugin).
+    ``skip_below``: leave out the tensors whose magnitude is provably at most that
+    (:func:`xtrt.quant.bounds.provably_below`), so only the others are run and copied."""
     from xtrt.model.split import runnable_body, with_outputs
     from xtrt.quant.fp16 import _elem_types
     from xtrt.quant.reuse import session_options
@@ -27,6 +29,13 @@ def activation_amax(model, batches: Sequence[dict[str, np.ndarray]], *,
     names = list(dict.fromkeys(o for n in body.graph.node for o in n.output
                                if o and types.get(o) == 1 and o not in inits
                                and n.op_type not in ("Constant", "QuantizeLinear")))
+    if skip_below is not None:
+        from xtrt.quant.bounds import provably_below
+
+        bounded = provably_below(body, skip_below)
+        names = [n for n in names if n not in bounded]
+    if not names:
+        return {}
     sess = make_session(with_outputs(body, names), device, **session_options(device))
     got = [o.name for o in sess.get_outputs()]
     amax: dict[str, float] = {}
@@ -44,12 +53,13 @@ def apply_float_precision(qmodel, precision: str, batches: Sequence[dict[str, np
     """``(model, info)``: ``qmodel`` unchanged for ``fp32``; for ``fp16`` everything outside the
     Q/DQ pairs in FP16 except the nodes :func:`xtrt.quant.fp16.fp32_reasons` keeps (listed in
     ``info["kept_fp32"]`` with the reason)."""
-    from xtrt.quant.fp16 import convert_fp16, float_regions, fp32_reasons
+    from xtrt.quant.fp16 import FP16_SAFE, convert_fp16, float_regions, fp32_reasons
 
     if precision == "fp32":
         return qmodel, {"float_precision": "fp32", "kept_fp32": {},
                         "regions": float_regions(qmodel)}
-    amax = activation_amax(qmodel, batches, device=device)
+    # tensors provably inside the FP16 safe range cannot be kept FP32: only the rest is measured
+    amax = activation_amax(qmodel, batches, device=device, skip_below=FP16_SAFE)
     keep = fp32_reasons(qmodel, amax, plugin_nodes=plugin_nodes)
     out = convert_fp16(qmodel, keep)
     info = {"float_precision": "fp16", "kept_fp32": keep, "regions": float_regions(out),
