@@ -78,7 +78,8 @@ def run_variant(bench, overrides: Sequence[str], sel_ev=None, cache: Path | None
     t0 = time.perf_counter()
     model, prec = apply_float_precision(qmodel, cfg.export.float_precision,
                                         [b.feeds for b in itertools.islice(iter(src), 2)],
-                                        plugin_nodes=prepared.tail_nodes, device=device)
+                                        plugin_nodes=prepared.tail_nodes, device=device,
+                                        qdq_opset=cfg.export.fp16_qdq_opset)
     write_kept_float(model, kept_float_reasons(placement, model, prec))
     spent = time.perf_counter() - t0
     info = {**info, "seconds": round(info["seconds"] + spent, 1),

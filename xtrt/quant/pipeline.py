@@ -182,7 +182,7 @@ def _precision(cfg, prepared, qmodel, batches, evaluator, evaluation):
                                   evaluator.data, plugin_nodes=prepared.tail_nodes,
                                   device=cfg.device, rtol=evaluator.rtol, atol=evaluator.atol,
                                   export=float_precision_export, evaluate=evaluator.evaluate_model,
-                                  runner=evaluator.runner)
+                                  runner=evaluator.runner, qdq_opset=cfg.export.fp16_qdq_opset)
     return model, info, evaluation if model is qmodel else evaluator.evaluate_model(model)
 
 

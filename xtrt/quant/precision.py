@@ -49,11 +49,14 @@ def activation_amax(model, batches: Sequence[dict[str, np.ndarray]], *,
 
 
 def apply_float_precision(qmodel, precision: str, batches: Sequence[dict[str, np.ndarray]], *,
-                          plugin_nodes: Iterable[str] = (), device: str = "cpu"):
+                          plugin_nodes: Iterable[str] = (), device: str = "cpu",
+                          qdq_opset: int = 19):
     """``(model, info)``: ``qmodel`` unchanged for ``fp32``; for ``fp16`` everything outside the
     Q/DQ pairs in FP16 except the nodes :func:`xtrt.quant.fp16.fp32_reasons` keeps (listed in
-    ``info["kept_fp32"]`` with the reason)."""
-    from xtrt.quant.fp16 import FP16_SAFE, convert_fp16, float_regions, fp32_reasons
+    ``info["kept_fp32"]`` with the reason); ``qdq_opset`` 19: float16 Q/DQ scales, no Casts
+    around them (``info["qdq"]``: :func:`xtrt.quant.fp16.fold_qdq_casts`), 13: Casts."""
+    from xtrt.quant.fp16 import (FP16_SAFE, convert_fp16, float_regions, fold_qdq_casts,
+                                 fp32_reasons)
 
     if precision == "fp32":
         return qmodel, {"float_precision": "fp32", "kept_fp32": {},
@@ -61,9 +64,12 @@ def apply_float_precision(qmodel, precision: str, batches: Sequence[dict[str, np
     # tensors provably inside the FP16 safe range cannot be kept FP32: only the rest is measured
     amax = activation_amax(qmodel, batches, device=device, skip_below=FP16_SAFE)
     keep = fp32_reasons(qmodel, amax, plugin_nodes=plugin_nodes)
-    out = convert_fp16(qmodel, keep)
+    out = convert_fp16(qmodel, keep, qdq_opset=13)
+    qdq = {"qdq_opset": 13, "folded_scales": 0}
+    if qdq_opset >= 19:
+        out, qdq = fold_qdq_casts(out, qdq_opset)
     info = {"float_precision": "fp16", "kept_fp32": keep, "regions": float_regions(out),
-            "measured_on": f"{len(batches)} calibration batches"}
+            "measured_on": f"{len(batches)} calibration batches", "qdq": qdq}
     log.info("FP16 export: %d nodes kept FP32", len(keep))
     return out, info
 
@@ -146,31 +152,44 @@ def qdq_exact_evaluator(ed, *, device: str = "cpu", rtol: float = 1e-3, atol: fl
 
 def precision_stage(precision: str, qmodel, batches: Sequence[dict[str, np.ndarray]], ed, *,
                     plugin_nodes: Iterable[str] = (), device: str = "cpu", rtol: float = 1e-3,
-                    atol: float = 1e-4, export=None, evaluate=None, runner=None):
+                    atol: float = 1e-4, export=None, evaluate=None, runner=None,
+                    qdq_opset: int = 19):
     """The pipeline's last model step: ``(model, info)`` for ``precision`` (fp16 | fp32).
 
     The FP16 export is always built, and both exports are evaluated on the held-out data ``ed``
     with the same ONNX Runtime settings (:func:`qdq_exact_evaluator`), so ``info["fidelity"]``
     holds both figures whichever precision is chosen.  A run that has them already passes
     ``export`` (like :func:`apply_float_precision`), ``evaluate`` (like
-    :func:`qdq_exact_evaluator`'s, on ``ed``) and ``runner(model)`` (an ORT runner at 'basic')."""
+    :func:`qdq_exact_evaluator`'s, on ``ed``) and ``runner(model)`` (an ORT runner at 'basic').
+    ``qdq_opset``: see :func:`apply_float_precision`; at 19, with ``fp16`` chosen, the FP32
+    contrast takes the float16 values of the activation scales
+    (:func:`xtrt.quant.fp16_qdq.fp16_valued_scales`), so the two differ by FP16 arithmetic
+    alone."""
     fp16, info = (export or apply_float_precision)(qmodel, "fp16", batches,
-                                                   plugin_nodes=plugin_nodes, device=device)
+                                                   plugin_nodes=plugin_nodes, device=device,
+                                                   qdq_opset=qdq_opset)
     info = dict(info)
+    contrast = qmodel
+    if precision == "fp16" and qdq_opset >= 19:
+        from xtrt.quant.fp16_qdq import fp16_valued_scales
+
+        contrast = fp16_valued_scales(qmodel)
     evaluate = evaluate or qdq_exact_evaluator(ed, device=device, rtol=rtol, atol=atol)
-    a, b = _row(evaluate(qmodel)), _row(evaluate(fp16))
+    a, b = _row(evaluate(contrast)), _row(evaluate(fp16))
     info["fidelity"] = {"fp32": a, "fp16": b,
                         "delta_sqnr_db": (b["sqnr_db"] - a["sqnr_db"])
                         if a["sqnr_db"] is not None and b["sqnr_db"] is not None else None,
-                        "resolution_db": sqnr_resolution(qmodel, ed, a["sqnr_db"], device=device,
-                                                         rtol=rtol, atol=atol, runner=runner and
-                                                         runner(qmodel)),
+                        "resolution_db": sqnr_resolution(contrast, ed, a["sqnr_db"],
+                                                         device=device, rtol=rtol, atol=atol,
+                                                         runner=runner and runner(contrast)),
                         "resolution_how": f"|SQNR change| of the FP32 export when its input is "
                                           f"scaled by 1 + {RESOLUTION_EPS:g} (a perturbation far "
                                           f"below FP16 rounding): how far the figure moves on "
                                           f"these images by INT8 rounding flips alone",
                         "judged_on": "held-out images, ONNX Runtime CPU/CUDA with Q/DQ fusions "
-                                     "off (FP16 tensors between ops)"}
+                                     "off (FP16 tensors between ops)",
+                        "fp32_scales": "the FP16 export's (float16 values)" if
+                        precision == "fp16" and qdq_opset >= 19 else "as calibrated"}
     if precision == "fp16":
         return fp16, info
     info["float_precision"] = "fp32"
