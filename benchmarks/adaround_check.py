@@ -98,14 +98,14 @@ def _calibrated(prep, placement, batches, device, method):
                        fp32_ops=list(placement.keep_float), **st)
 
 
-def _sim_sqnr(cal, prep, batches) -> float:
+def _sim_sqnr(cal, prep, batches, device: str = "cpu") -> float:
     from xtrt.backend import ppq as B
     from xtrt.runtime.session import make_session
 
     ref = make_session(prep.model, "cpu")
     vals = []
     for f in batches:
-        vals.append(_sqnr(ref.run(None, f)[0], B.simulate(cal, f)[0]))
+        vals.append(_sqnr(ref.run(None, f)[0], B.simulate(cal, f, device=device)[0]))
     return float(np.mean(vals))
 
 
@@ -120,7 +120,7 @@ def check(prep, placement, batches, *, steps: int, lr: float, mode: str, device:
     held = batches[train_batches:] or batches[-1:]
     before_scales = {k: v[0].copy() for k, v in cal.weight_scales.items()}
     before_w = {k: v.copy() for k, v in cal.weights.items()}
-    sq0 = _sim_sqnr(cal, prep, held)
+    sq0 = _sim_sqnr(cal, prep, held, device)
     import random
 
     import torch
@@ -150,7 +150,7 @@ def check(prep, placement, batches, *, steps: int, lr: float, mode: str, device:
             "scales_moved": f"{moved}/{channels}", "worst_scale_change": round(worst, 3),
             "weights_changed": changed_w,
             "export_vs_sim": float(np.abs(out - sim).max() / max(np.abs(sim).max(), 1e-12)),
-            "sim_sqnr_before_db": round(sq0, 2), "sim_sqnr_after_db": round(_sim_sqnr(cal, prep, held), 2),
+            "sim_sqnr_before_db": round(sq0, 2), "sim_sqnr_after_db": round(_sim_sqnr(cal, prep, held, device), 2),
             "cal": cal, "qmodel": q}
 
 
