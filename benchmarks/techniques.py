@@ -1,7 +1,7 @@
 """Technique x model table: which accuracy technique buys how much fidelity for how many seconds.
 
     python benchmarks/techniques.py [--models effnet,yolo] [--variants minmax,pt,...] \\
-        [--json rows.jsonl] [--work /tmp/xtrt-bench]
+        [--json rows.jsonl] [--work /tmp/xtrt-bench] [--selection]
 
 Data and scoring: ``benchmarks/_bench.py`` (32 calibration photos; held-out photos + vtest.avi
 frames split into a selection part, used only by ``method: auto``, and a test part every figure
