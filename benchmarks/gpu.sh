@@ -17,27 +17,46 @@ RUN=${RUN:-/tmp/xtrt-gpu-run}      # full run folders; a selection is packed int
 IMAGES=${IMAGES:-$PWD/.gpudata/photos}
 ORTSITE=${ORTSITE:-$HOME/ortsite}
 mkdir -p "$OUT" "$RUN"
+DEVICE=${DEVICE:-cuda}              # DEVICE=cpu: the whole-run part on this CPU (no GPU setup)
+# .pyc files go to a writable place: the device image has none for torch (about 12 s of compiling
+# in the first run); the whole-run part runs twice, so the second shows a run with them
+export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-$RUN/pyc}
+if [ "$DEVICE" = cuda ]; then
 python3 -m pip install -q --no-index --no-deps --target "$HOME/site" .whl/*.whl 2>&1 | tail -2
-export PYTHONPATH=$ORTSITE:$HOME/site:$PWD MPLBACKEND=Agg PYTHONUNBUFFERED=1
+export PYTHONPATH=$ORTSITE:$HOME/site:$PWD
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+fi
+export MPLBACKEND=Agg PYTHONUNBUFFERED=1
 python3 -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'onnxruntime', o.__version__, o.get_available_providers())"
 
 step() { echo; echo "=== $1 ($(date +%T))"; }
-PART=${1:-all}     # all | quant (tests, quant, calibration speed) | profile | techniques | wholeprof
+PART=${1:-all}     # all | quant (tests, quant, calibration speed) | whole | profile | techniques | wholeprof
                    # | accuracy-lsq | accuracy-adaround | accuracy-adaround-yolo (issue 14; each < 10 min)
+
+# The whole xtrt.quant run of issue 13 (YOLOv8n e2e 640, 4 x 8 calibration images, 115 held out,
+# auto, layer-wise, fallback to 0.9 mAP50-95) with its stage split, twice (the first compiles
+# .pyc files).  On the CPU: DEVICE=cpu WHOLE_ARGS="--steps 2 --batch 4 --count 16" gpu.sh whole
+whole_run() {
+  QIMAGES=$IMAGES
+  if [ "$(ls "$IMAGES" | wc -l)" -lt 147 ]; then
+    QIMAGES=$RUN/photos
+    python3 benchmarks/gpu_photos.py "$IMAGES" "$QIMAGES" 147
+  fi
+  for k in 1 2; do
+    step "whole xtrt.quant run on $DEVICE, run $k of 2 ${WHOLE_ARGS:-}"
+    dir=$RUN/quant; [ $k = 1 ] && dir=$RUN/quant_first
+    rm -rf "$dir"
+    python3 benchmarks/gpu_whole_run.py "$QIMAGES" "$dir" --device "$DEVICE" \
+      --json "$OUT/whole_run_$k.json" ${WHOLE_ARGS:-}
+  done
+  cp "$RUN/quant/report.json" "$OUT/report.json" 2>/dev/null
+}
 
 if [ "$PART" = all ] || [ "$PART" = quant ]; then
 step "gpu tests"
 python3 -m pytest -m gpu -q -p no:cacheprovider --tb=short -rs 2>&1 | tail -40
 
-step "xtrt.quant on CUDA: YOLOv8n 640, 32 calibration images, 115 held out, auto method, layer-wise + fallback"
-QIMAGES=$IMAGES
-if [ "$(ls "$IMAGES" | wc -l)" -lt 147 ]; then
-  QIMAGES=$RUN/photos
-  python3 benchmarks/gpu_photos.py "$IMAGES" "$QIMAGES" 147
-fi
-python3 benchmarks/gpu_whole_run.py "$QIMAGES" "$RUN/quant"
-cp "$RUN/quant/report.json" "$OUT/report.json" 2>/dev/null
+whole_run
 
 step "calibration speed: YOLOv8n 640, 512 images, batch 32"
 timeout 300 python3 benchmarks/calib_speed.py --device cuda --images "$IMAGES" --count 512 --batch 32 \
@@ -53,9 +72,14 @@ timeout 300 python3 benchmarks/calib_speed.py --device cuda --model data/effnet_
   --repeat 2 --ort --json "$OUT/calib_effnet.json"
 fi
 
+if [ "$PART" = whole ]; then
+whole_run
+fi
+
 if [ "$PART" = wholeprof ]; then
 step "xtrt.quant on CUDA under cProfile"
-python3 benchmarks/gpu_whole_run.py "$IMAGES" "$RUN/quantprof" "$RUN/quant.pstats" 2>&1 | head -120
+python3 benchmarks/gpu_whole_run.py "$IMAGES" "$RUN/quantprof" "$RUN/quant.pstats" --device "$DEVICE" \
+  ${WHOLE_ARGS:-} 2>&1 | head -120
 fi
 
 if [ "$PART" = techniques ]; then
