@@ -1,7 +1,7 @@
 """Technique x model table: which accuracy technique buys how much fidelity for how many seconds.
 
     python benchmarks/techniques.py [--models effnet,yolo] [--variants minmax,pt,...] \\
-        [--json rows.jsonl] [--work /tmp/xtrt-bench]
+        [--json rows.jsonl] [--work /tmp/xtrt-bench] [--selection]
 
 Data and scoring: ``benchmarks/_bench.py`` (32 calibration photos; held-out photos + vtest.avi
 frames split into a selection part, used only by ``method: auto``, and a test part every figure
@@ -78,7 +78,8 @@ def run_variant(bench, overrides: Sequence[str], sel_ev=None, cache: Path | None
     t0 = time.perf_counter()
     model, prec = apply_float_precision(qmodel, cfg.export.float_precision,
                                         [b.feeds for b in itertools.islice(iter(src), 2)],
-                                        plugin_nodes=prepared.tail_nodes, device=device)
+                                        plugin_nodes=prepared.tail_nodes, device=device,
+                                        qdq_opset=cfg.export.fp16_qdq_opset)
     write_kept_float(model, kept_float_reasons(placement, model, prec))
     spent = time.perf_counter() - t0
     info = {**info, "seconds": round(info["seconds"] + spent, 1),
@@ -159,7 +160,9 @@ def render(rows: Sequence[dict]) -> str:
             continue
         m = r["method"] + (f" (auto -> {r['search']})" if r.get("search") else "")
         lines.append(f"| {r['model']} | {r['variant']} | {r['seconds']:.1f} | "
-                     f"{r.get('cpu_s', 0):.1f} | {m} | {_bench.fidelity_text(r['test'])} |")
+                     f"{r.get('cpu_s', 0):.1f} | {m} | {_bench.fidelity_text(r['test'])}"
+                     + (f" (selection: {_bench.fidelity_text(r['selection'])})"
+                        if r.get("selection") else "") + " |")
     return "\n".join(lines)
 
 
@@ -176,6 +179,8 @@ def _variant_row(bench, v: str, test_ev, sel_ev, a, left: float) -> dict:
                                       device=a.device)
         row.update(base, test=_bench.score(test_ev, qmodel), device=a.device,
                    wall_with_scoring_s=round(time.perf_counter() - t0, 1))
+        if a.selection and sel_ev is not None:    # the part choices are made on
+            row["selection"] = _bench.score(sel_ev, qmodel)
         return row
     except Exception as exc:                              # noqa: BLE001 - one line in the table
         return {**base, "failed": f"failed: {_bench.one_line(exc)}"}
@@ -207,12 +212,13 @@ def _rendered_rows(files: Sequence[str]) -> list[dict]:
                                                vorder.get(r["variant"], 99)))
 
 
-def _context(m: str, work: Path, variants: str, local: dict | None = None):
+def _context(m: str, work: Path, variants: str, local: dict | None = None,
+             selection: bool = False):
     """(bench, test evaluator, selection evaluator or None) of model ``m``."""
     bench = _bench.load_bench(m, work, local)
     test_ev = _bench.evaluator(bench, bench.test, "test")   # scored on CPU (no TF32)
     names = [x.strip() for x in variants.replace(";", ",").split(",") if x.strip()]
-    sel_ev = _bench.evaluator(bench, bench.sel, "selection") if any(
+    sel_ev = _bench.evaluator(bench, bench.sel, "selection") if selection or any(
         "calibration.method=auto" in VARIANTS[v] for v in names) else None
     print(f"{bench.label}: {len(bench.cal)} calibration, {len(bench.sel)} selection, "
           f"{len(bench.test)} test images; FP32 test pass {test_ev.reference_seconds} s",
@@ -234,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="run nothing: print the table from rows of earlier --json runs of this "
                         "script and of compare.py (its xtrt-default / xtrt-best rows are the "
                         "effort=default / effort=best variants: same images, same scorer)")
+    p.add_argument("--selection", action="store_true",
+                   help="score every variant on the selection part too (to choose a preset on "
+                        "it and judge the choice on the test part)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="where calibration and the techniques run (scoring: CPU)")
     p.add_argument("--photos", help="a local photo folder (vtest* files = the video frames) instead "
@@ -267,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not names:
                 continue
             if m not in ctxs:
-                ctxs[m] = _context(m, Path(a.work), a.variants, local)
+                ctxs[m] = _context(m, Path(a.work), a.variants, local, a.selection)
             bench, test_ev, sel_ev = ctxs[m]
             for v in names:
                 row = _variant_row(bench, v, test_ev, sel_ev, a,

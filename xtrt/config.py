@@ -188,6 +188,12 @@ class ExportConfig:
     # Lite0) and -0.06 / +0.03 dB (YOLOv8n boxes / scores); TensorRT-RTX: YOLOv8n's 3 Float layers
     # outside the Int8 convolutions -> 0
     float_precision: Literal["fp16", "fp32"] = "fp16"
+    # the FP16 export's Q/DQ: 19 writes them at opset 19 with float16 scales and no Casts around
+    # them (as ModelOpt does); 13 keeps the Q/DQ's opset with float32 scales and a Cast on each
+    # side, for parsers older than TensorRT 10 (opset 9-20).  Default by measurement
+    # (benchmarks/corpus.md): TensorRT-RTX builds 0 Float layers outside the Int8 layers on all 8
+    # corpus models at 19, where Casts leave 1-2 on 5 of them (xtrt.quant.fp16)
+    fp16_qdq_opset: Literal[13, 19] = 19
 
 
 @dataclass

@@ -117,6 +117,41 @@ def test_engine_judge_counts_float_islands_and_half_layers():
     assert body["accepted"] and body["body_only"] and body["plugin_nodes"] == ["batched_nms"]
 
 
+@needs_trt_rtx
+def test_fp16_export_at_opset_19_leaves_no_float_layer_after_the_last_int8_gemm():
+    """qdq_gemm_softmax: with Casts around its Q/DQ (opset 13) TensorRT-RTX runs the Int8 Gemm's
+    epilogue, bias and Softmax in one kernel Float in and out (a Float layer beside the Gemm, as
+    on five corpus models); with float16 Q/DQ scales (opset 19) the Gemm writes Half and no
+    layer runs Float in and out."""
+    from xtrt.quant.fp16 import convert_fp16
+
+    m = tm.qdq_gemm_softmax()
+    old, new = (trt_rtx.engine_judge(convert_fp16(m, qdq_opset=o)) for o in (13, 19))
+    for j in (old, new):
+        assert j["accepted"]
+        (gemm,) = [x for x in j["engine_layers"] if x["type"] == "gemm"]
+        assert gemm["in"] == ["Int8"] and "fc" in gemm["onnx_nodes"]
+    assert [sorted(x["onnx_nodes"]) for x in old["fp32_islands"]] == [
+        ["bias", "fc", "softmax", "w_DQ", "x_DQ", "y_Cast"]]
+    assert new["fp32_islands"] == []
+    (gemm,) = [x for x in new["engine_layers"] if x["type"] == "gemm"]
+    assert gemm["out"] == ["Half"]
+
+
+@needs_trt_rtx
+def test_two_gemm_heads_on_one_qdq_build_without_float_layers():
+    """qdq_two_gemm_heads (MTCNN ONet's head): the Gemm whose bias keeps float32 scales has its
+    own Q/DQ pair, so TensorRT-RTX builds it (one scale type per pair and per GEMM) and the
+    Softmax head's Gemm writes Half: no layer runs Float in and out."""
+    from xtrt.quant.fp16 import convert_fp16
+
+    j = trt_rtx.engine_judge(convert_fp16(tm.qdq_two_gemm_heads()))
+    assert j["accepted"], j["errors"]
+    gemms = [x for x in j["engine_layers"] if x["type"] == "gemm"]
+    assert len(gemms) == 2 and all(x["in"] == ["Int8"] for x in gemms)
+    assert j["fp32_islands"] == []
+
+
 def test_explain_islands_needs_a_reason_for_every_node_it_computes():
     """Glue (Q/DQ/Cast) and the nodes of an Int8 layer need none; one reasoned node does not
     explain an island that computes another node without a reason."""

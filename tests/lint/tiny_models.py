@@ -147,3 +147,99 @@ def qdq_conv_with_plugin_tail() -> onnx.ModelProto:
                             ("det_classes", TensorProto.INT32, ["N", 10])):
         g.output.append(helper.make_tensor_value_info(name, dt, shape))
     return m
+
+
+def qdq_gemm_softmax() -> onnx.ModelProto:
+    """x[N, 32] -> Relu (float) -> Q/DQ -> Gemm (int8 weight) -> bias Add -> Softmax -> y[N, 10]: a
+    classifier head whose last INT8 layer writes the float32 graph output through a float tail,
+    with an activation Q/DQ between float ops (what the FP16 export folds at opset 19)."""
+    m = qdq_gemm()
+    g = m.graph
+    rng = np.random.default_rng(3)
+    g.initializer.append(_init("fc_b", rng.normal(0, 0.1, 10).astype(np.float32)))
+    g.node[0].input[0] = "x_relu"
+    g.node[-1].output[0] = "logits"
+    g.node.insert(0, helper.make_node("Relu", ["x"], ["x_relu"], name="relu"))
+    g.node.extend([helper.make_node("Add", ["logits", "fc_b"], ["biased"], name="bias"),
+                   helper.make_node("Softmax", ["biased"], ["y"], name="softmax", axis=1)])
+    onnx.checker.check_model(m)
+    return m
+
+
+def _relu_qdq(x: str, name: str, scale: float, nodes: list, inits: list) -> str:
+    """x -> Relu -> Q/DQ (per-tensor ``scale``): returns the DQ output."""
+    inits += [_init(f"{name}_scale", np.float32(scale)), _init(f"{name}_zp", np.int8(0))]
+    nodes += [helper.make_node("Relu", [x], [f"{name}_relu"], name=f"{name}_relu"),
+              helper.make_node("QuantizeLinear", [f"{name}_relu", f"{name}_scale", f"{name}_zp"],
+                               [f"{name}_q"], name=f"{name}_Q"),
+              helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_scale", f"{name}_zp"],
+                               [f"{name}_dq"], name=f"{name}_DQ")]
+    return f"{name}_dq"
+
+
+def _int8_weight(w: np.ndarray, axis: int, name: str, nodes: list, inits: list) -> str:
+    amax = np.abs(np.moveaxis(w, axis, 0)).reshape(w.shape[axis], -1).max(1)
+    scale = (amax / 127).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    wq = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    inits += [_init(f"{name}_int8", wq), _init(f"{name}_scale", scale),
+              _init(f"{name}_zp", np.zeros(scale.size, np.int8))]
+    nodes.append(helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale",
+                                                       f"{name}_zp"], [f"{name}_dq"],
+                                  name=f"{name}_DQ", axis=axis))
+    return f"{name}_dq"
+
+
+def qdq_conv_big_bias(bias: float = 20.0) -> onnx.ModelProto:
+    """x -> Relu -> Q/DQ -> Conv(int8 W, float bias ``bias``) -> y: bias / (x_scale * w_scale)
+    beyond float16's 65504 (what ONNX Runtime's WeightBiasQuantization computes in the bias's
+    type)."""
+    w, _ = conv_weights(8, 16)
+    nodes, inits = [], [_init("b", np.full(16, bias, np.float32))]
+    x = _relu_qdq("x", "x", 4.0 / 127, nodes, inits)
+    wd = _int8_weight(w, 0, "w", nodes, inits)
+    nodes.append(helper.make_node("Conv", [x, wd, "b"], ["y"], name="conv", kernel_shape=[3, 3],
+                                  pads=[1, 1, 1, 1]))
+    return _model(nodes, inits, [8, 16, 16], [16, 16, 16])
+
+
+def qdq_concat() -> onnx.ModelProto:
+    """Two Relu -> Q/DQ branches (one scale) -> Concat -> Q/DQ -> Conv (int8 W) -> y."""
+    w, b = conv_weights(16, 8)
+    nodes, inits = [], [_init("b", b)]
+    a = _relu_qdq("x", "a", 4.0 / 127, nodes, inits)
+    nodes.append(helper.make_node("Neg", ["x"], ["x_neg"], name="neg"))
+    c = _relu_qdq("x_neg", "c", 4.0 / 127, nodes, inits)
+    nodes.append(helper.make_node("Concat", [a, c], ["cat"], name="concat", axis=1))
+    inits += [_init("cat_scale", np.float32(4.0 / 127)), _init("cat_zp", np.int8(0))]
+    nodes += [helper.make_node("QuantizeLinear", ["cat", "cat_scale", "cat_zp"], ["cat_q"],
+                               name="cat_Q"),
+              helper.make_node("DequantizeLinear", ["cat_q", "cat_scale", "cat_zp"], ["cat_dq"],
+                               name="cat_DQ")]
+    wd = _int8_weight(w, 0, "w", nodes, inits)
+    nodes.append(helper.make_node("Conv", ["cat_dq", wd, "b"], ["y"], name="conv",
+                                  kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    return _model(nodes, inits, [8, 16, 16], [8, 16, 16])
+
+
+def qdq_two_gemm_heads(big_bias: float = 200.0) -> onnx.ModelProto:
+    """x[N, 32] -> Relu -> one Q/DQ read by two Gemms (MTCNN ONet's head): ``prob`` through a
+    Softmax, ``box`` with a bias whose bias / (x_scale * w_scale) exceeds float16's 65504."""
+    rng = np.random.default_rng(4)
+    nodes, inits = [], [_init("b1", rng.normal(0, 0.1, 4).astype(np.float32)),
+                        _init("b2", np.full(4, big_bias, np.float32))]
+    x = _relu_qdq("x", "x", 4.0 / 127, nodes, inits)
+    for k, (b, out) in enumerate((("b1", "logits"), ("b2", "box"))):
+        wd = _int8_weight(rng.normal(0, 0.2, (4, 32)).astype(np.float32), 0, f"w{k}", nodes,
+                          inits)
+        nodes.append(helper.make_node("Gemm", [x, wd, b], [out], name=f"fc{k}", transB=1))
+    nodes.append(helper.make_node("Softmax", ["logits"], ["prob"], name="softmax", axis=1))
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["N", 4]) for o in ("prob", "box")],
+        initializer=inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m

@@ -296,29 +296,38 @@ def test_overlapped_configs_with_ppqs_own_calibration(workdir, name):
 
 def test_fp16_export_float_layers_carry_the_reports_reason(workdir):
     """softmax_head: TensorRT-RTX fuses the Softmax writing the float32 graph output ``prob``
-    into a Float layer (FP16 export as well as FP32); the report names why (graph outputs keep
-    their types), so no Float layer of the written model is unexplained."""
+    with the Int8 Gemm's epilogue into a Float layer in the FP32 export, and in an FP16 export
+    whose Q/DQ keep Casts (export.fp16_qdq_opset 13); the report names why (graph outputs keep
+    their types), so no Float layer is unexplained.  The default FP16 export (opset 19, float16
+    Q/DQ scales) has no Float layer at all."""
     from xtrt.lint.trt_rtx import trt_rtx_available
 
     if not trt_rtx_available():
         pytest.skip("TensorRT-RTX bindings not installed")
     rc, _, out, err = quantize(workdir, "softmax_head", export={"float_precision": "fp16"})
     assert rc == 0, err
-    eng = json.loads((out / "report.json").read_text())["engine"]
+    report = json.loads((out / "report.json").read_text())
+    eng = report["engine"]
     assert eng["accepted"] and eng["int8_convolutions"] == eng["convolutions"] == 1
-    (island,) = eng["fp32_islands"]
-    assert "softmax" in island["onnx_nodes"] and island["unexplained"] == []
-    assert island["reason"].startswith("softmax: writes graph output prob after the last INT8 "
-                                       "layer; graph outputs keep their float32 type")
-    assert eng["unexplained_fp32_islands"] == 0
-    fid = json.loads((out / "report.json").read_text())["float_precision"]["fidelity"]
+    assert eng["fp32_islands"] == [] and eng["unexplained_fp32_islands"] == 0
+    assert report["float_precision"]["qdq"]["qdq_opset"] == 19
+    fid = report["float_precision"]["fidelity"]
     # the resolution of the FP16-vs-FP32 figure: how far the FP32 export moves under a 1e-5
     # input scaling (INT8 rounding flips alone; on this tiny model none flips)
     assert 0 <= fid["resolution_db"] < 1 and "1 + 1e-05" in fid["resolution_how"]
     assert abs(fid["delta_sqnr_db"]) <= 0.5
     contrast = eng["fp32_export"]         # the FP32 export, for contrast
     assert contrast["accepted"] and contrast["int8_convolutions"] == 1
-    assert [x["reason"] for x in contrast["fp32_islands"]] == [island["reason"]]
+    why = ("softmax: writes graph output prob after the last INT8 layer; graph outputs keep "
+           "their float32 type")
+    assert [x["reason"][:len(why)] for x in contrast["fp32_islands"]] == [why]
+    rc, _, out, err = quantize(workdir, "softmax_head", export={"float_precision": "fp16",
+                                                                "fp16_qdq_opset": 13})
+    assert rc == 0, err
+    eng = json.loads((out / "report.json").read_text())["engine"]
+    (island,) = eng["fp32_islands"]
+    assert "softmax" in island["onnx_nodes"] and island["unexplained"] == []
+    assert island["reason"].startswith(why) and eng["unexplained_fp32_islands"] == 0
 
 
 def test_written_model_records_what_it_keeps_float(workdir, tmp_path):

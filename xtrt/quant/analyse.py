@@ -74,6 +74,7 @@ def worst_layer_values(prepared, qmodel, layer: str | None, batches, device: str
     """``(ref, test, title)``: the FP32 and INT8 values of ``layer``'s output on ``batches``
     (for the scatter plot), or None."""
     from xtrt.model.split import runnable_body, with_outputs
+    from xtrt.quant.reuse import session_options
     from xtrt.runtime.session import make_session
 
     node = next((n for n in prepared.model.graph.node if n.name == layer), None)
@@ -82,7 +83,8 @@ def worst_layer_values(prepared, qmodel, layer: str | None, batches, device: str
     out = node.output[0]
 
     def values(model):
-        sess = make_session(with_outputs(runnable_body(model), [out]), device)
+        sess = make_session(with_outputs(runnable_body(model), [out]), device,
+                            **session_options(device))
         return np.concatenate([sess.run([out], b.feeds)[0].reshape(-1) for b in batches])
 
     return values(prepared.model), values(qmodel), f"{layer} output ({node.op_type})"

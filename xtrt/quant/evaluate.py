@@ -1,10 +1,14 @@
 """Evaluation stage: the held-out images with their FP32 outputs, computed once, and the
-evaluation of any exported model (or PPQ's simulation) against them."""
+evaluation of any exported model (or PPQ's simulation) against them.  A model is scored once per
+evaluator: the same bytes scored again (verify, fallback test curve, precision stage, final
+figure) return the first evaluation, and its ONNX Runtime runner is shared
+(:mod:`xtrt.quant.reuse`)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from xtrt.quant.reuse import RUNNERS, Memo, clear_run, session_options
 from xtrt.quant.verify import EvalData, Evaluation, evaluate
 
 __all__ = ["Evaluator", "build_evaluator"]
@@ -21,20 +25,27 @@ class Evaluator:
     rtol: float
     atol: float
     judged_on: str
+    scored: Memo = field(default_factory=Memo, repr=False)   # model bytes -> Evaluation
 
-    def evaluate_model(self, model) -> Evaluation:
-        from xtrt.runtime.split import SplitRunner
-
+    def runner(self, model):
+        """The ONNX Runtime runner models are scored with (shared for the same bytes)."""
         # basic: ORT's extended level fuses Q/DQ into its own int8 kernels (QLinearConv), whose
         # u8s8 AVX2 path saturates (EfficientNet-Lite0 on a non-VNNI CPU: 3.8 dB instead of the
         # 24.3 dB of the Q/DQ semantics that TensorRT executes)
-        runner = SplitRunner(model, device=self.device, optimization="basic")
-        return evaluate(runner.run, self.data, rtol=self.rtol, atol=self.atol)
+        return RUNNERS.runner(model, self.device, optimization="basic",
+                              **session_options(self.device))
+
+    def evaluate_model(self, model) -> Evaluation:
+        """``model`` scored on this evaluator's images (once per model bytes)."""
+        return self.scored.get(model, lambda: evaluate(self.runner(model).run, self.data,
+                                                       rtol=self.rtol, atol=self.atol))
 
     def evaluate_fn(self, run_fn) -> Evaluation:
         return evaluate(run_fn, self.data, rtol=self.rtol, atol=self.atol)
 
     def close(self) -> None:
+        self.scored.clear()
+        clear_run()
         self.data.close()
 
 
@@ -44,14 +55,13 @@ def build_evaluator(job, prepared, source, *, kind: str | None = None) -> Evalua
     from xtrt.data.store import BatchStore
     from xtrt.model.load import dims_of, load_model
     from xtrt.quant.verify import prepare_eval
-    from xtrt.runtime.split import SplitRunner
 
     cfg = job.cfg
     task, layout = infer_task([dims_of(o) for o in prepared.model.graph.output],
                               cfg.evaluation.task, prepared.input_shape[2:4])
     reference = prepared.reference if prepared.reference is not None else \
         load_model(job.model_path)   # the source with batch fixes only (xtrt.model.prepare)
-    ref_runner = SplitRunner(reference, device=cfg.device)
+    ref_runner = RUNNERS.runner(reference, cfg.device, **session_options(cfg.device))  # selection + test
     store = BatchStore(spill_dir=job.stage / ".cache")
     ed = prepare_eval(ref_runner, source, task, layout,
                       annotations=str(cfg.path(cfg.evaluation.annotations))

@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-__all__ = ["FallbackOutcome", "FallbackSettings", "rank_layers", "search_float_layers",
-           "run_target_fallback"]
+__all__ = ["FallbackOutcome", "FallbackSettings", "float_precision_export", "rank_layers",
+           "search_float_layers", "run_target_fallback"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class FallbackSettings:
     max_trials: int = 6
     per_trial: int = 2
     precision: str = "fp16"
+    qdq_opset: int = 19                 # export.fp16_qdq_opset
     rerank_steps: int = 6
     rerank_candidates: int = 8
     ranking_batches: int = 2
@@ -67,7 +68,7 @@ class FallbackSettings:
                    strategy=a.fallback_strategy, max_trials=a.max_trials,
                    per_trial=a.layers_per_trial, precision=cfg.export.float_precision,
                    rerank_steps=a.rerank_steps, rerank_candidates=a.rerank_candidates,
-                   ranking_batches=a.ranking_batches)
+                   ranking_batches=a.ranking_batches, qdq_opset=cfg.export.fp16_qdq_opset)
 
 
 def rank_layers(kind: str, prepared, cal, placement, batches: Sequence[dict], *,
@@ -117,8 +118,10 @@ def search_float_layers(s: FallbackSettings, prepared, cal, placement, selector,
 
     def trial(fp32_layers: list[str]):
         p, qm, written = build_trial(prepared, cal, placement, fp32_layers, s.precision,
-                                     precision_batches, device)
+                                     precision_batches, device, qdq_opset=s.qdq_opset)
         ev_t = selector.evaluate_model(written)
+        if test is not None:       # now, while its runner is warm (the curve reads it later)
+            test.evaluate_model(written)
         cache[frozenset(fp32_layers)] = (p, ev_t, qm, written)
         # the output SQNR breaks ties of a coarse task metric (greedy strategy)
         return metric_value(ev_t, s.metric), metric_value(ev_t, "sqnr")
@@ -147,12 +150,10 @@ def search_float_layers(s: FallbackSettings, prepared, cal, placement, selector,
 
 
 def build_trial(prepared, cal, placement, fp32_layers: Sequence[str], precision: str,
-                precision_batches: Sequence[dict], device: str = "cpu"):
+                precision_batches: Sequence[dict], device: str = "cpu", qdq_opset: int = 19):
     """``(placement, Q/DQ export, written model)`` with ``fp32_layers`` kept in float."""
     from xtrt.quant import export as ex
     from xtrt.quant.placement import Placement
-    from xtrt.quant.precision import apply_float_precision
-
     floats = set(fp32_layers)
     p = Placement(quantize=[n for n in placement.quantize if n not in floats],
                   keep_float=dict(placement.keep_float), decode_tail=placement.decode_tail)
@@ -161,9 +162,24 @@ def build_trial(prepared, cal, placement, fp32_layers: Sequence[str], precision:
     qm = ex.export_qdq(prepared.model, cal, p)
     if precision == "fp32":
         return p, qm, qm
-    written, _ = apply_float_precision(qm, precision, list(precision_batches),
-                                       plugin_nodes=prepared.tail_nodes, device=device)
+    written, _ = float_precision_export(qm, precision, precision_batches,
+                                        plugin_nodes=prepared.tail_nodes, device=device,
+                                        qdq_opset=qdq_opset)
     return p, qm, written
+
+
+def float_precision_export(qmodel, precision: str, batches, *, plugin_nodes=(),
+                           device: str = "cpu", qdq_opset: int = 19):
+    """:func:`xtrt.quant.precision.apply_float_precision`, once per model bytes and batches: the
+    fallback's chosen trial and the precision stage build the same FP16 export."""
+    from xtrt.quant.precision import apply_float_precision
+    from xtrt.quant.reuse import FP16, batches_digest
+
+    batches = list(batches)
+    return FP16.get(qmodel, lambda: apply_float_precision(
+        qmodel, precision, batches, plugin_nodes=plugin_nodes, device=device,
+        qdq_opset=qdq_opset),
+        precision, batches_digest(batches), tuple(sorted(plugin_nodes)), device, qdq_opset)
 
 
 def _score_on_test(fb, cache: dict, test, metric: str) -> None:

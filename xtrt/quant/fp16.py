@@ -3,12 +3,17 @@
 TensorRT 11 and TensorRT-RTX build every network strongly typed: a layer runs in the type its ONNX
 tensors have, so whatever a Q/DQ model leaves in float32 (decode tail, Concat/Resize outside the
 pairs, layers the fallback keeps float) runs in FP32.  :func:`convert_fp16` rewrites the float32
-tensors of a Q/DQ model to float16 and keeps the opset (13): Q/DQ scales stay float32 (opset 13's
-DequantizeLinear has float32 scale and output), a ``Cast`` to float16 follows each
-DequantizeLinear and a ``Cast`` to float32 precedes each QuantizeLinear; TensorRT fuses these
-casts into the Q/DQ (the TensorRT-RTX build shows Half in/out of the Int8 convolutions), and
-ONNX Runtime runs it on CPU (its cast transformer computes nodes it has no FP16 kernel for in
-float32 between FP16 tensors).  Graph inputs and outputs keep their float32 type through a Cast.
+tensors of a Q/DQ model to float16, then (:func:`fold_qdq_casts`) writes the Q/DQ at opset 19 with
+float16 scales: QuantizeLinear takes the float16 tensor and DequantizeLinear outputs float16, with
+no Cast around them (what ModelOpt writes for ``--high_precision_dtype fp16``).  Below opset 19
+QuantizeLinear takes only float32 and DequantizeLinear outputs the scale's float32, so the export
+needs a ``Cast`` to float32 before each QuantizeLinear and a ``Cast`` to float16 after each
+DequantizeLinear; TensorRT-RTX 1.7 then fuses the last INT8 GEMM's epilogue with the float32
+graph-output tail, and a HardSwish + pooling block with its Q/DQ, into kernels running Float in and
+out (measured on the corpus: benchmarks/corpus.md).  ``qdq_opset=13`` keeps that older form (for
+builders whose parser stops before opset 19).  A scale FP16 cannot hold (outside its normal range
+[2^-14, 65504]) keeps float32 and its Casts, as does any scale shared with a Q/DQ that cannot fold.
+ONNX Runtime runs both forms on CPU; graph inputs and outputs keep their float32 type.
 
 Nodes stay float32 when :func:`fp32_reasons` finds a reason on calibration data: an activation
 whose magnitude exceeds :data:`FP16_SAFE` (FP16's largest value is 65504; the margin leaves room
@@ -21,8 +26,10 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from xtrt.model.graph import producer_through_casts, toposort
+from xtrt.quant.fp16_qdq import QDQ_FP16_OPSET, fold_casts
 
-__all__ = ["FP16_SAFE", "convert_fp16", "fp32_reasons", "float_regions", "output_writers"]
+__all__ = ["FP16_SAFE", "QDQ_FP16_OPSET", "convert_fp16", "fold_qdq_casts", "fp32_reasons",
+           "float_regions", "output_writers"]
 
 FP16_SAFE = 8192.0
 _FLOAT, _HALF = 1, 10          # onnx.TensorProto.FLOAT / FLOAT16
@@ -79,9 +86,12 @@ def _node_precision(node, types, keep32: set[str]) -> int | None:
     return _FLOAT if node.name in keep32 or node.domain not in ("", "ai.onnx") else _HALF
 
 
-def convert_fp16(model, keep_fp32: Mapping[str, str] | Sequence[str] = ()):
+def convert_fp16(model, keep_fp32: Mapping[str, str] | Sequence[str] = (), *,
+                 qdq_opset: int = QDQ_FP16_OPSET):
     """A copy of the Q/DQ ``model`` with every float32 tensor outside Q/DQ in float16, except the
-    outputs of the ``keep_fp32`` nodes; graph inputs/outputs keep their types."""
+    outputs of the ``keep_fp32`` nodes; graph inputs/outputs keep their types.  ``qdq_opset`` 19:
+    Q/DQ with float16 scales and no Casts around them (:func:`fold_qdq_casts`); 13: the model's
+    opset, float32 scales, a Cast on each side."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -147,6 +157,8 @@ def convert_fp16(model, keep_fp32: Mapping[str, str] | Sequence[str] = ()):
     del g.initializer[:]
     g.initializer.extend(kept)
     del g.value_info[:]
+    if qdq_opset >= QDQ_FP16_OPSET:
+        out, _ = fold_qdq_casts(out, qdq_opset)
     return out
 
 
@@ -242,3 +254,10 @@ def output_writers(model) -> dict[str, str]:
     return {n: f"writes graph output {o} after the last INT8 layer; graph outputs keep their "
                "float32 type (graph inputs and outputs keep their types)"
             for n, o in tail.items()}
+
+
+def fold_qdq_casts(model, opset: int = QDQ_FP16_OPSET) -> tuple[object, dict]:
+    """``(model, info)``: the FP16 export ``model`` (a Cast on each side of its Q/DQ) at ``opset``
+    (>= 19) with Q/DQ scales in float16 and those Casts gone where ONNX Runtime and TensorRT-RTX
+    take it (:func:`xtrt.quant.fp16_qdq.fold_casts`; ``info["fp32_scales"]``: why -> scales)."""
+    return fold_casts(model, _elem_types(model), opset)

@@ -60,7 +60,6 @@ def run_quant(cfg: Config, *, progress: bool = True, plugins: Sequence[str] = ()
 
 
 def _run(job) -> QuantResult:
-    from xtrt.backend import ppq as ppq_backend
     from xtrt.quant.analyse import analyse, worst_layer_values
     from xtrt.quant.calibrate import calibrate
     from xtrt.quant.evaluate import build_evaluator
@@ -102,8 +101,8 @@ def _run(job) -> QuantResult:
         with t("verify"):
             ev_int8 = evaluator.evaluate_model(qmodel)
             n_out = len(prepared.output_names)
-            ev_sim = evaluator.evaluate_fn(lambda feeds: ppq_backend.simulate(
-                calibrated.result, feeds, device=cfg.device)[:n_out])
+            ev_sim = evaluator.evaluate_fn(_simulator(calibrated.result, cfg.device, n_out))
+        precision_batches = _precision_batches(cal_src)   # decoded once: fallback + precision
         with t("analysis"):
             analysis = analyse(cfg, prepared, calibrated, cal_src,
                                need_layerwise=cfg.analysis.layerwise or
@@ -113,7 +112,7 @@ def _run(job) -> QuantResult:
         with t("fallback"):
             fb = run_target_fallback(cfg, prepared, calibrated, analysis, selector, ev_int8 if
                                      selector is evaluator else None, test=evaluator,
-                                     precision_batches=_precision_batches(cal_src))
+                                     precision_batches=precision_batches)
         final_placement, final_eval, final_model = placement, ev_int8, qmodel
         if fb is not None and fb.qmodel is not None:
             final_placement, final_model = fb.placement, fb.qmodel
@@ -123,7 +122,7 @@ def _run(job) -> QuantResult:
             t.pop("fallback", None)
         with t("float_precision"):       # export.float_precision (xtrt.quant.precision)
             fp32_model, (final_model, precision, final_eval) = final_model, _precision(
-                cfg, prepared, final_model, cal_src, evaluator, final_eval)
+                cfg, prepared, final_model, precision_batches, evaluator, final_eval)
         with t("engine"):                # TensorRT-RTX build of the written model (and the FP32)
             engine = _engine(cfg, final_model, final_placement, precision, fp32_model)
         rec = RunRecord(job=job, prepared=prepared, calibrated=calibrated,
@@ -172,15 +171,35 @@ def _precision_batches(cal_src) -> list:
     return [b.feeds for b in itertools.islice(iter(cal_src), 2)]
 
 
-def _precision(cfg, prepared, qmodel, cal_src, evaluator, evaluation):
-    """FP16 or FP32 outside the Q/DQ pairs; both exports' fidelity (xtrt.quant.precision).
+def _precision(cfg, prepared, qmodel, batches, evaluator, evaluation):
+    """FP16 or FP32 outside the Q/DQ pairs; both exports' fidelity (xtrt.quant.precision), on the
+    run's shared FP16 exports, evaluations and runners (xtrt.quant.reuse).
     Returns ``(model, info, evaluation of that model)`` (``evaluation`` is ``qmodel``'s)."""
     from xtrt.quant.precision import precision_stage
+    from xtrt.quant.fallback import float_precision_export
 
-    model, info = precision_stage(cfg.export.float_precision, qmodel, _precision_batches(cal_src),
+    model, info = precision_stage(cfg.export.float_precision, qmodel, batches,
                                   evaluator.data, plugin_nodes=prepared.tail_nodes,
-                                  device=cfg.device, rtol=evaluator.rtol, atol=evaluator.atol)
+                                  device=cfg.device, rtol=evaluator.rtol, atol=evaluator.atol,
+                                  export=float_precision_export, evaluate=evaluator.evaluate_model,
+                                  runner=evaluator.runner, qdq_opset=cfg.export.fp16_qdq_opset)
     return model, info, evaluation if model is qmodel else evaluator.evaluate_model(model)
+
+
+def _simulator(result, device: str, n_out: int):
+    """``run(feeds)``: PPQ's INT8 simulation, one executor for every batch."""
+    import numpy as np
+    import torch
+
+    from xtrt.backend.ppq import PpqExecutor
+
+    ex = PpqExecutor(result.graph, device, op_ranges=False)
+
+    def run(feeds):
+        inp = {k: torch.from_numpy(np.ascontiguousarray(feeds[k])).to(device)
+               for k in ex.input_names}
+        return [o.detach().cpu().numpy() for o in ex.forward(inp)][:n_out]
+    return run
 
 
 def prepare(job):

@@ -14,10 +14,13 @@ log = logging.getLogger(__name__)
 
 
 def activation_amax(model, batches: Sequence[dict[str, np.ndarray]], *,
-                    device: str = "cpu") -> dict[str, float]:
-    """Float tensor -> max |x| over ``batches``, on ONNX Runtime (the body before any plugin)."""
+                    device: str = "cpu", skip_below: float | None = None) -> dict[str, float]:
+    """Float tensor -> max |x| over ``batches``, on ONNX Runtime (the body before any plugin).
+    ``skip_below``: leave out the tensors whose magnitude is provably at most that
+    (:func:`xtrt.quant.bounds.provably_below`), so only the others are run and copied."""
     from xtrt.model.split import runnable_body, with_outputs
     from xtrt.quant.fp16 import _elem_types
+    from xtrt.quant.reuse import session_options
     from xtrt.runtime.session import make_session
 
     body = runnable_body(model)
@@ -26,31 +29,47 @@ def activation_amax(model, batches: Sequence[dict[str, np.ndarray]], *,
     names = list(dict.fromkeys(o for n in body.graph.node for o in n.output
                                if o and types.get(o) == 1 and o not in inits
                                and n.op_type not in ("Constant", "QuantizeLinear")))
-    sess = make_session(with_outputs(body, names), device)
+    if skip_below is not None:
+        from xtrt.quant.bounds import provably_below
+
+        bounded = provably_below(body, skip_below)
+        names = [n for n in names if n not in bounded]
+    if not names:
+        return {}
+    sess = make_session(with_outputs(body, names), device, **session_options(device))
     got = [o.name for o in sess.get_outputs()]
     amax: dict[str, float] = {}
     for feeds in batches:
         for name, val in zip(got, sess.run(got, feeds)):
             if val.size and np.issubdtype(val.dtype, np.floating):
-                amax[name] = max(amax.get(name, 0.0), float(np.max(np.abs(val))))
+                # max |x| = max(max x, -min x): two read-only reductions, no |x| temporary
+                hi, lo = float(val.max()), float(val.min())
+                amax[name] = max(amax.get(name, 0.0), hi if hi != hi else max(hi, -lo))
     return amax
 
 
 def apply_float_precision(qmodel, precision: str, batches: Sequence[dict[str, np.ndarray]], *,
-                          plugin_nodes: Iterable[str] = (), device: str = "cpu"):
+                          plugin_nodes: Iterable[str] = (), device: str = "cpu",
+                          qdq_opset: int = 19):
     """``(model, info)``: ``qmodel`` unchanged for ``fp32``; for ``fp16`` everything outside the
     Q/DQ pairs in FP16 except the nodes :func:`xtrt.quant.fp16.fp32_reasons` keeps (listed in
-    ``info["kept_fp32"]`` with the reason)."""
-    from xtrt.quant.fp16 import convert_fp16, float_regions, fp32_reasons
+    ``info["kept_fp32"]`` with the reason); ``qdq_opset`` 19: float16 Q/DQ scales, no Casts
+    around them (``info["qdq"]``: :func:`xtrt.quant.fp16.fold_qdq_casts`), 13: Casts."""
+    from xtrt.quant.fp16 import (FP16_SAFE, convert_fp16, float_regions, fold_qdq_casts,
+                                 fp32_reasons)
 
     if precision == "fp32":
         return qmodel, {"float_precision": "fp32", "kept_fp32": {},
                         "regions": float_regions(qmodel)}
-    amax = activation_amax(qmodel, batches, device=device)
+    # tensors provably inside the FP16 safe range cannot be kept FP32: only the rest is measured
+    amax = activation_amax(qmodel, batches, device=device, skip_below=FP16_SAFE)
     keep = fp32_reasons(qmodel, amax, plugin_nodes=plugin_nodes)
-    out = convert_fp16(qmodel, keep)
+    out = convert_fp16(qmodel, keep, qdq_opset=13)
+    qdq = {"qdq_opset": 13, "folded_scales": 0}
+    if qdq_opset >= 19:
+        out, qdq = fold_qdq_casts(out, qdq_opset)
     info = {"float_precision": "fp16", "kept_fp32": keep, "regions": float_regions(out),
-            "measured_on": f"{len(batches)} calibration batches"}
+            "measured_on": f"{len(batches)} calibration batches", "qdq": qdq}
     log.info("FP16 export: %d nodes kept FP32", len(keep))
     return out, info
 
@@ -91,20 +110,21 @@ RESOLUTION_EPS = 1e-5     # 50x below FP16 rounding (2^-11 relative)
 
 
 def sqnr_resolution(qmodel, ed, base_db: float | None, *, device: str = "cpu",
-                    rtol: float = 1e-3, atol: float = 1e-4) -> float | None:
+                    rtol: float = 1e-3, atol: float = 1e-4, runner=None) -> float | None:
     """How far the worst output SQNR of ``qmodel`` on the held-out data ``ed`` moves when every
     float input is scaled by ``1 + RESOLUTION_EPS`` (``base_db``: the unperturbed figure).
 
     A Q/DQ model is chaotic at its rounding boundaries: a perturbation far below FP16 rounding
     flips some INT8 roundings, which compound layer by layer.  On few images, with one near a
     decision boundary, that alone moves the figure by dB; an FP16-vs-FP32 difference smaller
-    than this is not resolved by these images."""
+    than this is not resolved by these images.  ``runner``: an existing runner of ``qmodel``
+    (ORT at 'basic') to reuse."""
     from xtrt.quant.verify import evaluate
     from xtrt.runtime.split import SplitRunner
 
     if base_db is None:
         return None
-    runner = SplitRunner(qmodel, device=device, optimization="basic")
+    runner = runner or SplitRunner(qmodel, device=device, optimization="basic")
 
     def run(feeds):
         return runner.run({k: (v * (1 + RESOLUTION_EPS)).astype(v.dtype)
@@ -132,27 +152,44 @@ def qdq_exact_evaluator(ed, *, device: str = "cpu", rtol: float = 1e-3, atol: fl
 
 def precision_stage(precision: str, qmodel, batches: Sequence[dict[str, np.ndarray]], ed, *,
                     plugin_nodes: Iterable[str] = (), device: str = "cpu", rtol: float = 1e-3,
-                    atol: float = 1e-4):
+                    atol: float = 1e-4, export=None, evaluate=None, runner=None,
+                    qdq_opset: int = 19):
     """The pipeline's last model step: ``(model, info)`` for ``precision`` (fp16 | fp32).
 
     The FP16 export is always built, and both exports are evaluated on the held-out data ``ed``
     with the same ONNX Runtime settings (:func:`qdq_exact_evaluator`), so ``info["fidelity"]``
-    holds both figures whichever precision is chosen."""
-    fp16, info = apply_float_precision(qmodel, "fp16", batches, plugin_nodes=plugin_nodes,
-                                       device=device)
-    evaluate = qdq_exact_evaluator(ed, device=device, rtol=rtol, atol=atol)
-    a, b = _row(evaluate(qmodel)), _row(evaluate(fp16))
+    holds both figures whichever precision is chosen.  A run that has them already passes
+    ``export`` (like :func:`apply_float_precision`), ``evaluate`` (like
+    :func:`qdq_exact_evaluator`'s, on ``ed``) and ``runner(model)`` (an ORT runner at 'basic').
+    ``qdq_opset``: see :func:`apply_float_precision`; at 19, with ``fp16`` chosen, the FP32
+    contrast takes the float16 values of the activation scales
+    (:func:`xtrt.quant.fp16_qdq.fp16_valued_scales`), so the two differ by FP16 arithmetic
+    alone."""
+    fp16, info = (export or apply_float_precision)(qmodel, "fp16", batches,
+                                                   plugin_nodes=plugin_nodes, device=device,
+                                                   qdq_opset=qdq_opset)
+    info = dict(info)
+    contrast = qmodel
+    if precision == "fp16" and qdq_opset >= 19:
+        from xtrt.quant.fp16_qdq import fp16_valued_scales
+
+        contrast = fp16_valued_scales(qmodel)
+    evaluate = evaluate or qdq_exact_evaluator(ed, device=device, rtol=rtol, atol=atol)
+    a, b = _row(evaluate(contrast)), _row(evaluate(fp16))
     info["fidelity"] = {"fp32": a, "fp16": b,
                         "delta_sqnr_db": (b["sqnr_db"] - a["sqnr_db"])
                         if a["sqnr_db"] is not None and b["sqnr_db"] is not None else None,
-                        "resolution_db": sqnr_resolution(qmodel, ed, a["sqnr_db"], device=device,
-                                                         rtol=rtol, atol=atol),
+                        "resolution_db": sqnr_resolution(contrast, ed, a["sqnr_db"],
+                                                         device=device, rtol=rtol, atol=atol,
+                                                         runner=runner and runner(contrast)),
                         "resolution_how": f"|SQNR change| of the FP32 export when its input is "
                                           f"scaled by 1 + {RESOLUTION_EPS:g} (a perturbation far "
                                           f"below FP16 rounding): how far the figure moves on "
                                           f"these images by INT8 rounding flips alone",
                         "judged_on": "held-out images, ONNX Runtime CPU/CUDA with Q/DQ fusions "
-                                     "off (FP16 tensors between ops)"}
+                                     "off (FP16 tensors between ops)",
+                        "fp32_scales": "the FP16 export's (float16 values)" if
+                        precision == "fp16" and qdq_opset >= 19 else "as calibrated"}
     if precision == "fp16":
         return fp16, info
     info["float_precision"] = "fp32"

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from xtrt.model.graph import toposort
+from xtrt.quant.reuse import session_options
 from xtrt.trt.rules import QMAX, weight_axis
 
 __all__ = ["switchable_model", "layerwise_sensitivity", "FloatGain"]
@@ -119,7 +120,7 @@ def layerwise_sensitivity(model, cal, placement, batches: Sequence[dict[str, np.
     wanted = list(dict.fromkeys(t for c in crossing for t in c if t not in graph_inputs))
 
     ref_sess = make_session(with_outputs(body, out_names + [t for t in wanted if t not in out_names]),
-                            device)
+                            device, **session_options(device))
     names = [o.name for o in ref_sess.get_outputs()]
     refs, cache = [], []
     for b in batches:
@@ -139,7 +140,7 @@ def layerwise_sensitivity(model, cal, placement, batches: Sequence[dict[str, np.
         suffix = _suffix_model(body, p, cross, cache[0], out_names)
         sub = Placement(quantize=list(group), keep_float=dict(placement.keep_float))
         sm, switches = switchable_model(suffix, cal, sub)
-        sess = make_session(sm, device)
+        sess = make_session(sm, device, **session_options(device))
         s_out = [o.name for o in sess.get_outputs()]
         pos = [out_names.index(o) for o in s_out]
         off = {sw: np.zeros((), np.float32) for sw in switches.values()}
@@ -217,8 +218,9 @@ def layer_statistics(model, cal, placement, batches: Sequence[dict[str, np.ndarr
     ins = list(dict.fromkeys(by_name[n].input[0] for n in layers if by_name[n].input[0] not in inits))
     graph_inputs = {i.name for i in body.graph.input}
     fp_names = list(dict.fromkeys(outs + [t for t in ins if t not in graph_inputs]))
-    fp = make_session(with_outputs(body, fp_names), device)
-    q = make_session(with_outputs(export_qdq(body, cal, placement), outs), device)
+    fp = make_session(with_outputs(body, fp_names), device, **session_options(device))
+    q = make_session(with_outputs(export_qdq(body, cal, placement), outs), device,
+                     **session_options(device))
     acc = {t: np.zeros(4) for t in outs}                       # dot, |fp|^2, |q|^2, |fp-q|^2
     rng = {t: [np.inf, -np.inf] for t in ins}
     for feeds in batches:
@@ -271,7 +273,8 @@ class FloatGain:
         from xtrt.runtime.session import make_session
 
         sm, self.switches = switchable_model(runnable_body(model), cal, placement)
-        self.sess = make_session(sm, device, optimization=optimization)
+        self.sess = make_session(sm, device, optimization=optimization,
+                                 **session_options(device))
         self.out = [o.name for o in self.sess.get_outputs()]
         self.batches = list(batches)
         self.forwards = 0

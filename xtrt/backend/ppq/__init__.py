@@ -30,7 +30,7 @@ from xtrt.backend.ppq._executor import PpqExecutor, build_executor, simulate
 from xtrt.backend.ppq._graph import release as release_graphs
 from xtrt.backend.ppq._optim import equalize, optimize
 from xtrt.backend.ppq._result import CalibrationResult, _collect_scales, _positive
-from xtrt.backend.ppq._runtime import (QUANTIZED_OP_TYPES, _op_execution_error, _quiet,
+from xtrt.backend.ppq._runtime import (QUANTIZED_OP_TYPES, _op_execution_error, _ppq, _quiet,
                                        _torch_threads, ppq_version)
 from xtrt.backend.ppq._scales import weight_scales as _weight_scales
 
