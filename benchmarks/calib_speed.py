@@ -16,7 +16,8 @@ When the folder has fewer images than ``--count`` the files are cycled (said in 
 streamed passes (``xtrt.quant.observe.collect_statistics``), scales on the first candidate; the
 held-out method search that follows in ``xtrt.quant`` is not in this figure.  Each row gives the
 seconds (min-max over ``--repeat`` runs), the part of them spent in the statistics passes, the
-ratio to the FP32 pass, and on CUDA the GPU memory: torch's peak allocation and the device's peak
+part spent in PPQ (its graph: parsed and quantized, or copied from the call before; then the
+scales: ``ppq_timings`` in the JSON splits it), the ratio to the FP32 pass, and on CUDA the GPU memory: torch's peak allocation and the device's peak
 use above the baseline before the method (polled through NVML or nvidia-smi; what is not torch's
 is ONNX Runtime's arena and workspace, plus the CUDA context of a new session).
 """
@@ -131,6 +132,7 @@ def main(argv=None) -> int:
                                 keep_session=not a.cold).result
                 sec = time.perf_counter() - t
             runs.append({"seconds": sec, "statistics_s": stats_s.pop() if stats_s else None,
+                         "ppq_s": cal.seconds, "ppq_timings": dict(cal.timings),
                          "session_reused": warm,
                          "int8_layers": len(cal.quantized_ops), **mem.figures()})
             del cal
@@ -284,12 +286,12 @@ def _span(values, fmt="{:.2f}") -> str:
 def _table(rows: list[dict], t_fp32: float, device: str) -> str:
     """The markdown table: seconds, statistics part, ratio to the FP32 pass, GPU memory."""
     gpu = device == "cuda"
-    head = "| what | seconds | of which statistics | x FP32 pass | INT8 layers |"
-    sep = "|---|---:|---:|---:|---:|"
+    head = "| what | seconds | of which statistics | of which PPQ | x FP32 pass | INT8 layers |"
+    sep = "|---|---:|---:|---:|---:|---:|"
     if gpu:
         head += " torch peak GiB | device peak GiB (rise) |"
         sep += "---:|---:|"
-    lines = [head, sep, f"| one FP32 pass on ONNX Runtime ({device}) | {t_fp32:.2f} | - | 1 | - |"
+    lines = [head, sep, f"| one FP32 pass on ONNX Runtime ({device}) | {t_fp32:.2f} | - | - | 1 | - |"
              + (" - | - |" if gpu else "")]
     for r in rows:
         runs = r["runs"]
@@ -298,6 +300,7 @@ def _table(rows: list[dict], t_fp32: float, device: str) -> str:
         what = r["what"] + ("" if not any(reused) else
                             f" (session kept from the call before in runs {[i + 1 for i, k in enumerate(reused) if k]})")
         line = (f"| {what} | {_span(sec)} | {_span([x['statistics_s'] for x in runs])} | "
+                f"{_span([x.get('ppq_s') for x in runs])} | "
                 f"{_span([s / t_fp32 for s in sec], '{:.1f}')} | {runs[-1]['int8_layers']} |")
         if gpu:
             line += (f" {_span([x['torch_peak_gib'] for x in runs])} | "

@@ -90,8 +90,9 @@ def calibrate(cfg: Config, prepared, placement, source, *, progress: bool = True
               keep_session: bool = False) -> Calibrated:
     """Calibrate ``prepared`` on the batches of ``source`` (re-iterable, streamed).
 
-    ``keep_session``: keep the CUDA statistics session (and its GPU buffers) for a next call
-    on the same model (benchmarks timing several methods); by default it is dropped.
+    ``keep_session``: keep the CUDA statistics session (and its GPU buffers) and PPQ's graph of
+    the model for a next call on the same model (benchmarks timing several methods); by default
+    both are dropped.
     """
     from xtrt.backend import ppq as ppq_backend
     from xtrt.quant.observe import collect_statistics, release_sessions
@@ -122,7 +123,9 @@ def calibrate(cfg: Config, prepared, placement, source, *, progress: bool = True
     cal = ppq_backend.calibrate(prepared.model, head, device=cfg.device, method=first,
                                 fp32_ops=keep_float, lsq=None, progress=progress,
                                 act_ranges=stats[first].get("ranges"),
-                                act_hists=stats[first].get("hists"))
+                                act_hists=stats[first].get("hists"), keep_graph=keep_session)
+    if not keep_session:
+        ppq_backend.release_graphs()
     cal.techniques = {"equalization": eq_info} if eq_info else {}
     return Calibrated(cal, placement, plan, stats if len(plan.methods) > 1 else {}, first,
                       getattr(source, "used", 0))
