@@ -165,8 +165,8 @@ def main(argv=None) -> int:
     p.add_argument("--block-size", type=int, default=4)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--method", default="minmax", choices=["minmax", "percentile", "kl", "mse"])
-    p.add_argument("--score", choices=["selection", "test"],
-                   help="real models: score the export on this part of the bench too")
+    p.add_argument("--score", help="real models: score the export on these parts of the bench "
+                   "too (selection, test or selection,test)")
     p.add_argument("--photos", help="a local photo folder (as techniques.py --photos)")
     p.add_argument("--effnet-model", help="with --photos: EfficientNet-Lite0 ONNX (opset 13)")
     p.add_argument("--yolo-model", help="with --photos: the YOLOv8n e2e ONNX")
@@ -175,13 +175,13 @@ def main(argv=None) -> int:
              if a.photos else None)
     prep, placement, batches, real = _tiny() if a.model == "tiny" else \
         _real(a.model, Path(a.work), local)
-    sel_ev = None
+    evs = {}
     if real is not None and a.score:
         import _bench
 
         bench = real[0]
-        sel_ev = _bench.evaluator(bench, bench.sel if a.score == "selection" else bench.test,
-                                  a.score)
+        evs = {part: _bench.evaluator(bench, bench.sel if part == "selection" else bench.test, part)
+               for part in a.score.split(",")}
     for lr in [float(x) for x in a.lr.split(",")]:
         for steps in [int(x) for x in a.steps.split(",")]:
             for mode in a.scale_tune.split(","):
@@ -189,10 +189,10 @@ def main(argv=None) -> int:
                           device=a.device, train_batches=a.batches, block_size=a.block_size,
                           method=a.method)
                 cal, q = r.pop("cal"), r.pop("qmodel")
-                if sel_ev is not None:
+                for part, ev in evs.items():
                     import _bench
 
-                    r[a.score] = _bench.fidelity_text(_bench.score(sel_ev, q))
+                    r[part] = _bench.fidelity_text(_bench.score(ev, q))
                 print(a.model, r, flush=True)
     return 0
 
