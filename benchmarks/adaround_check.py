@@ -16,8 +16,10 @@ statistics), runs AdaRound through ``xtrt.backend.ppq.optimize`` and prints one 
   after the pass (real models: also the exported model on the bench's selection part).
 
 ``--scale-tune off`` replaces ``AdaroundPass.tune_block_weight_scale`` by a no-op for the run
-(the weight scales stay ``max|w| / 127``, as xtrt sets them): the change proposed for
-``xtrt/backend/ppq.py``.
+(the weight scales stay ``max|w| / 127``, as xtrt sets them).  Since branch ada xtrt's own pass
+(``xtrt.backend.ppq._optim._hard_checked_adaround``) never tunes the scales and withdraws blocks
+whose hard rounding is worse, so ``ppq`` and ``off`` run the same pass; the line also gives
+the batches trained on and the blocks withdrawn.
 """
 from __future__ import annotations
 
@@ -129,9 +131,9 @@ def check(prep, placement, batches, *, steps: int, lr: float, mode: str, device:
     torch.manual_seed(0)
     t0 = time.perf_counter()
     with _scale_tune(mode):
-        B.optimize(cal, batches, device=device, progress=False,
-                   adaround={"steps": steps, "lr": lr, "batches": train_batches,
-                             "block_size": block_size})
+        rec = B.optimize(cal, batches, device=device, progress=False,
+                         adaround={"steps": steps, "lr": lr, "batches": train_batches,
+                                   "block_size": block_size})["adaround"]
     secs = time.perf_counter() - t0
     moved, worst = 0, 0.0
     for k, s0 in before_scales.items():
@@ -148,7 +150,8 @@ def check(prep, placement, batches, *, steps: int, lr: float, mode: str, device:
     sim = B.simulate(cal, f, device=device)[0]
     return {"method": method, "steps": steps, "lr": lr, "scale_tune": mode, "seconds": round(secs, 1),
             "scales_moved": f"{moved}/{channels}", "worst_scale_change": round(worst, 3),
-            "weights_changed": changed_w,
+            "weights_changed": changed_w, "trained_on": rec.get("batches"),
+            "blocks_withdrawn": f"{rec.get('withdrawn')}/{rec.get('blocks')}",
             "export_vs_sim": float(np.abs(out - sim).max() / max(np.abs(sim).max(), 1e-12)),
             "sim_sqnr_before_db": round(sq0, 2), "sim_sqnr_after_db": round(_sim_sqnr(cal, prep, held, device), 2),
             "cal": cal, "qmodel": q}
@@ -165,8 +168,8 @@ def main(argv=None) -> int:
     p.add_argument("--block-size", type=int, default=4)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--method", default="minmax", choices=["minmax", "percentile", "kl", "mse"])
-    p.add_argument("--score", choices=["selection", "test"],
-                   help="real models: score the export on this part of the bench too")
+    p.add_argument("--score", help="real models: score the export on these parts of the bench "
+                   "too (selection, test or selection,test)")
     p.add_argument("--photos", help="a local photo folder (as techniques.py --photos)")
     p.add_argument("--effnet-model", help="with --photos: EfficientNet-Lite0 ONNX (opset 13)")
     p.add_argument("--yolo-model", help="with --photos: the YOLOv8n e2e ONNX")
@@ -175,13 +178,13 @@ def main(argv=None) -> int:
              if a.photos else None)
     prep, placement, batches, real = _tiny() if a.model == "tiny" else \
         _real(a.model, Path(a.work), local)
-    sel_ev = None
+    evs = {}
     if real is not None and a.score:
         import _bench
 
         bench = real[0]
-        sel_ev = _bench.evaluator(bench, bench.sel if a.score == "selection" else bench.test,
-                                  a.score)
+        evs = {part: _bench.evaluator(bench, bench.sel if part == "selection" else bench.test, part)
+               for part in a.score.split(",")}
     for lr in [float(x) for x in a.lr.split(",")]:
         for steps in [int(x) for x in a.steps.split(",")]:
             for mode in a.scale_tune.split(","):
@@ -189,10 +192,10 @@ def main(argv=None) -> int:
                           device=a.device, train_batches=a.batches, block_size=a.block_size,
                           method=a.method)
                 cal, q = r.pop("cal"), r.pop("qmodel")
-                if sel_ev is not None:
+                for part, ev in evs.items():
                     import _bench
 
-                    r[a.score] = _bench.fidelity_text(_bench.score(sel_ev, q))
+                    r[part] = _bench.fidelity_text(_bench.score(ev, q))
                 print(a.model, r, flush=True)
     return 0
 

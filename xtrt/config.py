@@ -96,7 +96,7 @@ class AdaroundConfig:                   # block-wise reconstruction of the weigh
     lr: float = 1e-3
     gamma: float = 1.0
     block_size: int = 4
-    batches: int = 4
+    batches: int = 8                    # all calibration batches up to 8 (2 over-fit: techniques.md)
 
 
 @dataclass

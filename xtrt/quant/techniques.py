@@ -167,7 +167,8 @@ def after_calibration(cfg, cal, stats: dict, cal_batches, *, progress: bool = Tr
 
         random.seed(cfg.calibration.seed or 0)
         torch.manual_seed(cfg.calibration.seed or 0)
-        secs = ppq_backend.optimize(cal, feeds, device=cfg.device, progress=progress, **passes)
-        info["passes"] = {k: {**v, "seconds": secs.get(k)} for k, v in passes.items()}
+        ran = ppq_backend.optimize(cal, feeds, device=cfg.device, progress=progress, **passes)
+        # settings, then what ran: seconds, batches used, AdaRound's blocks/withdrawn
+        info["passes"] = {k: {**v, **ran.get(k, {})} for k, v in passes.items()}
     cal.techniques = info
     return info

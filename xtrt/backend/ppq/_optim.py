@@ -45,7 +45,7 @@ def equalize(model, *, iterations: int = 10, threshold: float = 0.5, opt_level: 
 
 def optimize(result: CalibrationResult, batches: Sequence[dict[str, np.ndarray]], *,
              device: str = "cpu", lsq: dict | None = None, adaround: dict | None = None,
-             bias_correction: dict | None = None, progress: bool = True) -> dict[str, float]:
+             bias_correction: dict | None = None, progress: bool = True) -> dict[str, dict]:
     """Run PPQ's post-calibration passes on a calibrated result, in place, in this order:
     LSQ (``LearnedStepSizePass``: weights, biases and scales trained block by block),
     AdaRound (``AdaroundPass``: weight rounding learned, weights left on the INT8 grid),
@@ -53,9 +53,13 @@ def optimize(result: CalibrationResult, batches: Sequence[dict[str, np.ndarray]]
 
     Each setting is a dict of the pass's own arguments (steps, lr, block_size, gamma) plus
     ``batches``: how many of ``batches`` the pass trains/measures on.  Every PPQ pass keeps a
-    block's change only when the block's output error went down.  Afterwards the result's
-    weights, biases and scales are re-read, so the export writes what the passes produced.
-    Returns seconds per pass.
+    block's change only when the block's output error went down; AdaRound runs without PPQ's
+    weight-scale tuning and is judged on the hard rounding the export writes
+    (:func:`_hard_checked_adaround`).  Afterwards the result's weights, biases and scales are
+    re-read, so the export writes what the passes produced.
+    Returns per pass ``{"seconds", "batches"}`` (batches: how many it used); AdaRound adds
+    ``blocks`` (trained), ``withdrawn`` (of them, left at nearest rounding) and
+    ``withdrawn_on_hard`` (of those, the blocks PPQ's soft-rounding check would have kept).
     """
     _ppq()
     _install_handlers()
@@ -63,11 +67,62 @@ def optimize(result: CalibrationResult, batches: Sequence[dict[str, np.ndarray]]
         return _optimize(result, batches, device, lsq, adaround, bias_correction, progress)
 
 
+def _hard_checked_adaround(device: str, settings: dict):
+    """PPQ's ``AdaroundPass`` with two changes (benchmarks/techniques.md, "Cause, from PPQ
+    0.6.6's source"): the weight scales are never tuned (PPQ's ``tune_block_weight_scale`` runs
+    900 Adam steps on every per-channel scale and keeps the result even when the block got worse;
+    xtrt's scales stay TensorRT's ``max|w| / 127``), and after each block's training the block's
+    output error is measured again with the hard rounding the export writes (PPQ compares only
+    the soft rounding's loss): a block worse than with nearest rounding gets its weights back."""
+    from ppq.quantization.optim import AdaroundPass
+
+    class HardCheckedAdaroundPass(AdaroundPass):
+        """AdaRound without weight-scale tuning, withdrawn per block on the hard rounding."""
+
+        blocks = 0              # blocks trained
+        withdrawn = 0           # of them, blocks left at nearest rounding
+        withdrawn_on_hard = 0   # of those, blocks PPQ would have kept (soft loss went down)
+
+        def tune_block_weight_scale(self, block, *args, **kwargs) -> None:
+            return None
+
+        def finetune(self, steps, learning_rate, block, executor, qt_inputs, fp_outputs,
+                     optimizer=None, scheduler=None):
+            import torch
+
+            params = [v for op in block.rps if op.is_computing_op
+                      for v in op.inputs[1:] if v.is_parameter]
+            backup = {id(v): v.value.clone() for v in params}
+            pre, soft = super().finetune(steps, learning_rate, block, executor, qt_inputs,
+                                         fp_outputs, optimizer, scheduler)
+            if all(torch.equal(v.value, backup[id(v)]) for v in params):
+                # nothing trainable, or PPQ withdrew it (the soft rounding was worse)
+                self.blocks += int(soft != 0 or pre != 0)
+                self.withdrawn += int(soft > pre)
+                return pre, pre
+            self.blocks += 1
+            hard = self.compute_block_loss(block=block, qt_inputs=qt_inputs,
+                                           fp_outputs=fp_outputs, executor=executor,
+                                           loss_fn=self.loss_fn)
+            if hard > pre:       # the exported (hard) rounding is worse: back to nearest
+                for v in params:
+                    v.value = backup[id(v)]
+                self.withdrawn += 1
+                self.withdrawn_on_hard += 1
+                return pre, pre
+            return pre, hard
+
+    return HardCheckedAdaroundPass(
+        steps=int(settings.get("steps", 500)), lr=float(settings.get("lr", 1e-3)),
+        block_size=int(settings.get("block_size", 4)), gamma=float(settings.get("gamma", 1.0)),
+        is_scale_trainable=False, collecting_device=device)
+
+
 def _optimize(result, batches, device, lsq, adaround, bias_correction, progress):
     import time
 
     from ppq import TorchExecutor
-    from ppq.quantization.optim import (AdaroundPass, BiasCorrectionPass, LearnedStepSizePass,
+    from ppq.quantization.optim import (BiasCorrectionPass, LearnedStepSizePass,
                                         PassiveParameterQuantizePass)
 
     graph = result.graph
@@ -84,22 +139,22 @@ def _optimize(result, batches, device, lsq, adaround, bias_correction, progress)
             block_size=int(s.get("block_size", 4)), gamma=float(s.get("gamma", 0.0)),
             is_scale_trainable=True, collecting_device=device)))
     if adaround is not None:
-        plan.append(("adaround", adaround, lambda s: AdaroundPass(
-            steps=int(s.get("steps", 500)), lr=float(s.get("lr", 1e-3)),
-            block_size=int(s.get("block_size", 4)), gamma=float(s.get("gamma", 1.0)),
-            is_scale_trainable=False, collecting_device=device)))
+        plan.append(("adaround", adaround, lambda s: _hard_checked_adaround(device, s)))
     if bias_correction is not None:
         plan.append(("bias_correction", bias_correction, lambda s: BiasCorrectionPass(
             block_size=int(s.get("block_size", 1)), collecting_device=device)))
-    seconds = {}
+    record = {}
     for name, s, make in plan:
         t0 = time.perf_counter()
         data = data_all[:max(1, int(s.get("batches", len(data_all))))]
+        p = make(s)
         with _quiet(progress):
-            make(s).optimize(graph=graph, dataloader=data, executor=executor,
-                             collate_fn=_collate(device))
+            p.optimize(graph=graph, dataloader=data, executor=executor,
+                       collate_fn=_collate(device))
             PassiveParameterQuantizePass().optimize(graph=graph)
-        seconds[name] = round(time.perf_counter() - t0, 3)
+        record[name] = {"seconds": round(time.perf_counter() - t0, 3), "batches": len(data)}
+        if hasattr(p, "withdrawn"):
+            record[name].update(blocks=p.blocks, withdrawn=p.withdrawn,
+                                withdrawn_on_hard=p.withdrawn_on_hard)
     _collect_scales(result)
-    return seconds
-
+    return record
