@@ -36,16 +36,21 @@ def _args(argv):
     return ap.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    """Run it (under cProfile when a .pstats path is given, printing the top functions)."""
-    a = _args(sys.argv[1:] if argv is None else argv)
+def settings(a) -> list[str]:
+    """The run's ``--set`` overrides (shared with whole_run_counts.py)."""
     b, s = a.batch, a.imgsz
-    sets = [f"input.shape=[{b},3,{s},{s}]", f"preprocess.size=[{s},{s}]",
+    return [f"input.shape=[{b},3,{s},{s}]", f"preprocess.size=[{s},{s}]",
             f"calibration.data={a.images}", f"calibration.steps={a.steps}",
             f"calibration.batch_size={b}", "calibration.method=auto",
             f"evaluation.data={a.images}", f"evaluation.count={a.count}",
             f"evaluation.batch_size={b}", "analysis.layerwise=true",
             "analysis.target.metric=map50_95", "analysis.target.min_value=0.9", *a.extra]
+
+
+def main(argv=None) -> int:
+    """Run it (under cProfile when a .pstats path is given, printing the top functions)."""
+    a = _args(sys.argv[1:] if argv is None else argv)
+    sets = settings(a)
     prof = ["-m", "cProfile", "-o", a.profile] if a.profile else []
     cmd = [sys.executable, *prof, "-m", "xtrt.quant", "--config", a.config,
            "--device", a.device, "-q", "--output-dir", a.out]

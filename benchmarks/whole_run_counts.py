@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     import onnxruntime as ort
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from gpu_whole_run import _args
+    from gpu_whole_run import _args, settings
 
     sys.path.insert(0, str(Path.cwd()))       # the checkout's xtrt, as python -m would import it
 
@@ -66,13 +66,7 @@ def main(argv=None) -> int:
     from xtrt.cli import run_main
     from xtrt.quant.__main__ import main as quant_main
 
-    b, s = a.batch, a.imgsz
-    sets = [f"input.shape=[{b},3,{s},{s}]", f"preprocess.size=[{s},{s}]",
-            f"calibration.data={a.images}", f"calibration.steps={a.steps}",
-            f"calibration.batch_size={b}", "calibration.method=auto",
-            f"evaluation.data={a.images}", f"evaluation.count={a.count}",
-            f"evaluation.batch_size={b}", "analysis.layerwise=true",
-            "analysis.target.metric=map50_95", "analysis.target.min_value=0.9", *a.extra]
+    sets = settings(a)
     args = ["--config", a.config, "--device", a.device, "-q", "--output-dir", a.out]
     for kv in sets:
         args += ["--set", kv]

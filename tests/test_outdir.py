@@ -116,7 +116,8 @@ def test_second_open_is_refused_while_locked(tmp_path):
 
 def test_dead_runs_are_removed(tmp_path):
     write_run(tmp_path, {"r.json": "1"})
-    for name in (".xtrt-staging-999999.partial", ".xtrt-old-999999"):
+    # .xtrt-staging-PID: a run killed while it was making (marking) its staging folder
+    for name in (".xtrt-staging-999999.partial", ".xtrt-old-999999", ".xtrt-staging-999998"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "quantized.onnx").write_text("half")
     write_run(tmp_path, {"r.json": "2"})

@@ -128,10 +128,14 @@ class OutputDir:
             self._lock()
             self._previous = self._check_contents()
             self._remove_dead_runs()
-            self.staging.mkdir()
-            (self.staging / INCOMPLETE_MARKER).write_text(
+            # made under a name the next run also cleans, marked, then renamed: a kill at any
+            # point leaves either that or a marked staging folder, never an unmarked one
+            making = self.staging.with_suffix("")
+            making.mkdir()
+            (making / INCOMPLETE_MARKER).write_text(
                 f"{self.tool} (pid {os.getpid()}) was writing here and did not finish.\n"
                 "Nothing in this folder is a result; the next run into the folder removes it.\n")
+            making.rename(self.staging)
         except OSError as e:
             self.abort()
             raise OutputError(f"cannot write to {self.option} {str(self.path)!r}: "
@@ -265,6 +269,7 @@ class OutputDir:
         self.committed = True
         shutil.rmtree(trash, ignore_errors=True)
         shutil.rmtree(self.staging, ignore_errors=True)
+        shutil.rmtree(self.staging.with_suffix(""), ignore_errors=True)
         self._finish()
         return {n: self.path / n for n in new}
 
@@ -283,6 +288,7 @@ class OutputDir:
         if self.committed:
             return
         shutil.rmtree(self.staging, ignore_errors=True)
+        shutil.rmtree(self.staging.with_suffix(""), ignore_errors=True)
         self._finish()
 
     def _finish(self) -> None:

@@ -100,6 +100,17 @@ def qdq_conv_then_float_conv() -> onnx.ModelProto:
     return m
 
 
+def qdq_conv_then_big_tail() -> onnx.ModelProto:
+    """qdq_conv_then_float_conv() whose float conv is followed by Mul(x, 1e5) -> y: a tail beyond
+    FP16's range."""
+    m = qdq_conv_then_float_conv()
+    g = m.graph
+    g.node[-1].output[0] = "c2"
+    g.initializer.append(numpy_helper.from_array(np.float32(1e5), "big"))
+    g.node.append(helper.make_node("Mul", ["c2", "big"], ["y"], name="scale_up"))
+    return m
+
+
 def qdq_gemm(*, trans_b: int = 1, weight_axis: int | None = None, op: str = "Gemm") -> onnx.ModelProto:
     """x[N, 32] -> Q/DQ -> Gemm/MatMul with a per-channel int8 weight -> y[N, 10]."""
     rng = np.random.default_rng(2)

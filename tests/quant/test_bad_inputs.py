@@ -355,7 +355,7 @@ def _start_quant(cfg: Path) -> subprocess.Popen:
 
 def _wait_for_staging(out: Path, proc: subprocess.Popen) -> Path:
     for _ in range(600):
-        found = list(out.glob(".xtrt-staging-*")) if out.is_dir() else []
+        found = list(out.glob(".xtrt-staging-*.partial")) if out.is_dir() else []
         if found:
             return found[0]
         assert proc.poll() is None, proc.communicate()

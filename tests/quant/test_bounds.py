@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from tests.lint import tiny_models as tm
 from xtrt.quant import precision
 from xtrt.quant.bounds import magnitude_bounds, provably_below
 from xtrt.quant.fp16 import FP16_SAFE
-
-
-def _big_tail(m):
-    """qdq_conv_then_float_conv() whose float conv is followed by Mul(x, 1e5) -> y."""
-    g = m.graph
-    g.node[-1].output[0] = "c2"
-    g.initializer.append(numpy_helper.from_array(np.float32(1e5), "big"))
-    g.node.append(helper.make_node("Mul", ["c2", "big"], ["y"], name="scale_up"))
-    return m
 
 
 def _feeds(m, seed=0, scale=50.0):
@@ -29,7 +20,7 @@ def _feeds(m, seed=0, scale=50.0):
 
 
 @pytest.mark.parametrize("make", [tm.qdq_conv_then_float_conv, tm.qdq_gemm,
-                                  lambda: _big_tail(tm.qdq_conv_then_float_conv())])
+                                  tm.qdq_conv_then_big_tail])
 def test_every_measured_magnitude_is_within_its_bound(make):
     m = make()
     bound = magnitude_bounds(m)
@@ -41,7 +32,7 @@ def test_every_measured_magnitude_is_within_its_bound(make):
 
 
 def test_skipping_the_bounded_tensors_keeps_the_fp16_keep_list(monkeypatch):
-    m = _big_tail(tm.qdq_conv_then_float_conv())
+    m = tm.qdq_conv_then_big_tail()
     below = provably_below(m, FP16_SAFE)
     assert "c2" in below and "y" not in below               # 1e5 x the conv: may overflow
     batches = _feeds(m, scale=2.0)

@@ -23,15 +23,6 @@ def _types(m):
             list(inf.graph.value_info) + list(inf.graph.output) + list(inf.graph.input)}
 
 
-def _big_tail(m):
-    """qdq_conv_then_float_conv() whose float conv is followed by Mul(x, 1e5) -> y."""
-    g = m.graph
-    g.node[-1].output[0] = "c2"
-    g.initializer.append(numpy_helper.from_array(np.float32(1e5), "big"))
-    g.node.append(helper.make_node("Mul", ["c2", "big"], ["y"], name="scale_up"))
-    return m
-
-
 def test_everything_outside_qdq_is_fp16_and_io_types_are_kept():
     m = tm.qdq_conv_then_float_conv()
     h = convert_fp16(m)
@@ -53,7 +44,7 @@ def test_everything_outside_qdq_is_fp16_and_io_types_are_kept():
 
 
 def test_a_node_beyond_fp16_range_stays_fp32_with_the_reason():
-    m = _big_tail(tm.qdq_conv_then_float_conv())
+    m = tm.qdq_conv_then_big_tail()
     x = np.random.default_rng(0).uniform(-2, 2, (2, 8, 16, 16)).astype(np.float32)
     amax = activation_amax(m, [{"x": x}])
     assert amax["y"] > FP16_SAFE > amax["c2"]
