@@ -133,7 +133,8 @@ def export_variant(bench, overrides: Sequence[str], sel_ev=None, cache: Path | N
         if sel_ev is None:
             raise ValueError("method auto needs the selection evaluator")
         search = choose_method(calibrated, lambda c: export_qdq(prepared.model, c.result,
-                                                               placement), sel_ev)
+                                                               placement), sel_ev,
+                               cfg.calibration.search_images)
         t["method_search"] = time.perf_counter() - t0 - sum(t.values())
         t["selection_fp32"] = sel_ev.reference_seconds
     t1 = time.perf_counter()

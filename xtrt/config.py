@@ -54,6 +54,10 @@ class CalibrationConfig:
     # exported model scores best on the held-out images (task metric, then SQNR).
     # Not set: quantization.effort decides (xtrt.quant.techniques.EFFORTS)
     method: Optional[Literal["auto", "percentile", "kl", "mse", "minmax"]] = None
+    # auto scores its candidates on the first N selection images only (null: all of them).
+    # Measured (benchmarks/techniques.md): 32 cuts the search ~2-3x but flipped the choice on
+    # ddddocr (mse -> minmax) and YOLOv8n (minmax -> mse), so all of them by default
+    search_images: Optional[int] = None
     # ort: statistics on ONNX Runtime (FP32 activations, fast), scales by PPQ's rules;
     # ppq: PPQ's own runtime calibration (its torch executor, activations seen with INT8 weights)
     engine: Literal["ort", "ppq"] = "ort"

@@ -16,7 +16,7 @@ def test_evaluate_model_runs_ort_at_basic_optimization(monkeypatch):
             return []
 
     monkeypatch.setattr(split, "SplitRunner", FakeRunner)
-    monkeypatch.setattr("xtrt.quant.evaluate.evaluate", lambda fn, data, rtol, atol: "scored")
+    monkeypatch.setattr("xtrt.quant.evaluate.evaluate", lambda fn, data, rtol, atol, batches=None: "scored")
     ev = Evaluator(data=None, device="cpu", rtol=1e-2, atol=1e-3, judged_on="held-out images")
     assert ev.evaluate_model(object()) == "scored"
     # ORT's extended level fuses Q/DQ into QLinearConv, whose u8s8 AVX2 kernels saturate

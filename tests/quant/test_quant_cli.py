@@ -340,6 +340,24 @@ def test_auto_method_reports_every_candidate_and_keeps_the_best(tmp_path, tiny_c
     assert rep["task"]["top1_agreement"] == pytest.approx(best["task_metric"])
 
 
+def test_auto_scores_its_candidates_on_the_first_search_images(tmp_path, tiny_config):
+    # 4 held-out images in batches of 2, all of them the selection part (share 0); auto's
+    # candidates are scored on the first batch only, the report's figure on all 4
+    edit(tiny_config, calibration__method="auto", calibration__search_images=2,
+         evaluation__selection_share=0.0)
+    assert run(["--config", str(tiny_config), "-q"]) == 0
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    search = rep["calibration"]["method_search"]
+    assert [c["images"] for c in search["candidates"]] == [2, 2, 2, 2]
+    assert search["judged_on"].startswith("the first 2 of the 4 held-out images")
+    assert rep["summary"]["held_out_images"] == 4
+    # more search images than there are: every one of them
+    edit(tiny_config, calibration__search_images=100)
+    assert run(["--config", str(tiny_config), "-q"]) == 0
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [c["images"] for c in rep["calibration"]["method_search"]["candidates"]] == [4] * 4
+
+
 def test_summary_says_what_the_figures_were_judged_on(tmp_path, tiny_config, capsys):
     # 12 images, 4 x 2 for calibration: 4 held out; auto chooses on 2 of them, reports on 2
     edit(tiny_config, calibration__method="auto")

@@ -165,6 +165,29 @@ def test_effort_presets_fill_only_what_is_unset():
     assert left.quantization.per_tensor == techniques.EFFORTS["best"].per_tensor
 
 
+def test_effort_presets_are_the_measured_ones():
+    """The presets benchmarks/techniques.md ("The presets") chose: fast = default = minmax,
+    best = method auto (all selection images) + LSQ 20; PPQ's engine (no search) gets minmax in
+    place of the effort's auto."""
+    from xtrt.config import config_from_dict
+
+    def resolved(effort, **cal):
+        return techniques.resolve(config_from_dict({"model": "m.onnx", "calibration": cal,
+                                                    "quantization": {"effort": effort}}))
+
+    got = {e: resolved(e) for e in ("fast", "default", "best")}
+    assert {e: c.calibration.method for e, c in got.items()} == \
+        {"fast": "minmax", "default": "minmax", "best": "auto"}
+    assert {e: (c.quantization.lsq.enabled, c.quantization.lsq.steps) for e, c in got.items()} \
+        == {"fast": (False, 20), "default": (False, 20), "best": (True, 20)}
+    assert got["best"].calibration.search_images is None      # auto's choice on every image
+    # a config that says nothing gets the default effort
+    assert techniques.resolve(config_from_dict({"model": "m.onnx"})).calibration.method == \
+        "minmax"
+    assert resolved("best", engine="ppq").calibration.method == "minmax"
+    assert resolved("best", engine="ppq", method="auto").calibration.method == "auto"
+
+
 def test_quant_run_with_passes_writes_what_ppq_simulates(tmp_path):
     """The whole pipeline (ORT engine, per-tensor choice, LSQ, bias correction): the written
     quantized.onnx equals PPQ's simulation, and the report says what ran."""

@@ -26,6 +26,7 @@ class Evaluator:
     atol: float
     judged_on: str
     scored: Memo = field(default_factory=Memo, repr=False)   # model bytes -> Evaluation
+    batches: int | None = None          # score on the first N batches only (None: all)
 
     def runner(self, model):
         """The ONNX Runtime runner models are scored with (shared for the same bytes)."""
@@ -38,10 +39,24 @@ class Evaluator:
     def evaluate_model(self, model) -> Evaluation:
         """``model`` scored on this evaluator's images (once per model bytes)."""
         return self.scored.get(model, lambda: evaluate(self.runner(model).run, self.data,
-                                                       rtol=self.rtol, atol=self.atol))
+                                                       rtol=self.rtol, atol=self.atol,
+                                                       batches=self.batches))
+
+    def first(self, images: int) -> "Evaluator":
+        """This evaluator on its first batches covering at least ``images`` images (the same
+        FP32 references; ``self`` when it holds no more than that)."""
+        n, count = 0, 0
+        for b, _ in self.data.store.items():
+            if count >= images:
+                break
+            n, count = n + 1, count + b.size
+        if count >= self.data.count:
+            return self
+        return Evaluator(self.data, self.device, self.rtol, self.atol,
+                         f"the first {count} of the {self.judged_on}", batches=n)
 
     def evaluate_fn(self, run_fn) -> Evaluation:
-        return evaluate(run_fn, self.data, rtol=self.rtol, atol=self.atol)
+        return evaluate(run_fn, self.data, rtol=self.rtol, atol=self.atol, batches=self.batches)
 
     def close(self) -> None:
         self.scored.clear()

@@ -91,7 +91,8 @@ def _run(job) -> QuantResult:
     try:
         with t("method_search"):
             search = choose_method(calibrated, lambda c: export_qdq(prepared.model, c.result,
-                                                                   placement), selector)
+                                                                   placement), selector,
+                                   cfg.calibration.search_images)
         with t("techniques"):
             techniques.after_calibration(cfg, calibrated.result, calibrated.stats, cal_src,
                                          progress=job.progress)

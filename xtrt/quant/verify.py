@@ -104,13 +104,15 @@ def prepare_eval(runner, batches: Iterable, task: str, layout: str | None, *,
     return ed
 
 
-def evaluate(run_fn, ed: EvalData, *, rtol: float = 1e-2, atol: float = 1e-3) -> Evaluation:
-    """Evaluate ``run_fn(feeds) -> outputs`` against the FP32 reference held in ``ed``."""
+def evaluate(run_fn, ed: EvalData, *, rtol: float = 1e-2, atol: float = 1e-3,
+             batches: int | None = None) -> Evaluation:
+    """Evaluate ``run_fn(feeds) -> outputs`` against the FP32 reference held in ``ed`` (on its
+    first ``batches`` batches only when given)."""
     # per-rank statistics describe score vectors (classifiers, generic heads), not detections
     cmp = OutputComparer(ed.output_names, rtol=rtol, atol=atol,
                          max_rank=0 if ed.task == "detection" else 10)
     logits_ref, logits_q, dets, sizes, files = [], [], [], [], []
-    for b, ref in ed.pairs():
+    for b, ref in ed.store.items(batches):
         sizes.extend(m.orig_hw for m in b.metas)
         files.extend(str(p) for p in b.paths)
         outs = run_fn(b.feeds)
@@ -136,8 +138,8 @@ def evaluate(run_fn, ed: EvalData, *, rtol: float = 1e-2, atol: float = 1e-3) ->
                         fp32_map50=fp["map50"], map50=q8["map50"],
                         reference_boxes=q8["reference_boxes"], detections=q8["detections"])
         else:
-            m = coco_map(ed.ref_detections, dets, image_sizes=sizes)
+            m = coco_map(ed.ref_detections[:len(sizes)], dets, image_sizes=sizes)
             task.update(kind_map="vs_fp32", map50_95=m["map50_95"], map50=m["map50"],
                         reference_boxes=m["reference_boxes"], detections=m["detections"],
                         note=m.get("note"))
-    return Evaluation(cmp.result(), task, ed.count)
+    return Evaluation(cmp.result(), task, len(sizes))
