@@ -229,6 +229,19 @@ def test_plugin_tail_model_keeps_output_order(workdir):
     assert got[0].dtype == np.int32 and got[3].dtype == np.int32
 
 
+def test_plugin_tail_model_gets_the_opset_19_fp16_export(workdir):
+    """The FP16 export's Q/DQ reach opset 19 with the plugin node on board (it is parked in a
+    domain of its own while onnx's version converter runs, then put back unchanged)."""
+    rc, src, out, err = quantize(workdir, "yolo_nms", export={"float_precision": "fp16"})
+    assert rc == 0, err
+    q = onnx.load(out / "quantized.onnx")
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["float_precision"]["qdq"]["qdq_opset"] == 19, rep["float_precision"]["qdq"]
+    assert {i.domain: i.version for i in q.opset_import}.get("", 0) == 19
+    nms = [n for n in q.graph.node if n.op_type == "EfficientNMS_TRT"]
+    assert len(nms) == 1 and nms[0].domain == ""
+
+
 def test_multi_output_values_follow_the_source_order(workdir):
     rc, src, out, err = quantize(workdir, "multi_output")
     assert rc == 0, err

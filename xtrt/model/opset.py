@@ -117,10 +117,42 @@ def _check_against_13(node) -> None:
                          f"opset 13 allows {schema.max_input}", "re-export the model at opset 13")
 
 
+_PARKED = "xtrt.parked"   # a domain of its own for plugin nodes while the converter runs
+
+
+def _upgrade(model, current: int, target: int):
+    """onnx.version_converter upgrade.  Plugin nodes (EfficientNMS_TRT and friends: default
+    domain, no ONNX schema) would stop the converter, so they sit in a domain of their own while
+    it runs and go back unchanged afterwards."""
+    import onnx
+    from onnx import helper, version_converter
+
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    parked = [n for n in work.graph.node
+              if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)]
+    for n in parked:
+        n.domain = _PARKED
+    if parked:
+        work.opset_import.append(helper.make_opsetid(_PARKED, 1))
+    try:
+        out = version_converter.convert_version(work, target)
+    except Exception as exc:
+        raise ModelError(f"cannot upgrade the model from opset {current} to {target}: "
+                         f"{str(exc).splitlines()[-1][:160]}",
+                         "re-export the model at opset 13") from exc
+    for n in out.graph.node:
+        if n.domain == _PARKED:
+            n.domain = ""
+    keep = [imp for imp in out.opset_import if imp.domain != _PARKED]
+    del out.opset_import[:]
+    out.opset_import.extend(keep)
+    return out
+
+
 def convert_opset(model, target: int = TARGET_OPSET):
     """Return a copy of ``model`` at ``target`` opset (default domain); other domains untouched."""
     import onnx
-    from onnx import version_converter
 
     current = model_opset(model)
     if current == target:
@@ -128,12 +160,7 @@ def convert_opset(model, target: int = TARGET_OPSET):
         out.CopyFrom(model)
         return out
     if current < target:
-        try:
-            return version_converter.convert_version(model, target)
-        except Exception as exc:
-            raise ModelError(f"cannot upgrade the model from opset {current} to {target}: "
-                             f"{str(exc).splitlines()[-1][:160]}",
-                             "re-export the model at opset 13") from exc
+        return _upgrade(model, current, target)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     consts = const_values(out)
