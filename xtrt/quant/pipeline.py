@@ -60,6 +60,7 @@ def run_quant(cfg: Config, *, progress: bool = True, plugins: Sequence[str] = ()
 
 
 def _run(job) -> QuantResult:
+    from xtrt.backend import ppq as ppq_backend
     from xtrt.quant.analyse import analyse, worst_layer_values
     from xtrt.quant.calibrate import calibrate
     from xtrt.quant.evaluate import build_evaluator
@@ -101,8 +102,8 @@ def _run(job) -> QuantResult:
             qmodel = export_qdq(prepared.model, calibrated.result, placement)
         with t("verify"):
             ev_int8 = evaluator.evaluate_model(qmodel)
-            n_out = len(prepared.output_names)
-            ev_sim = evaluator.evaluate_fn(_simulator(calibrated.result, cfg.device, n_out))
+            ev_sim = evaluator.evaluate_fn(ppq_backend.simulator(  # one executor, every batch
+                calibrated.result, device=cfg.device, outputs=len(prepared.output_names)))
         precision_batches = _precision_batches(cal_src)   # decoded once: fallback + precision
         with t("analysis"):
             analysis = analyse(cfg, prepared, calibrated, cal_src,
@@ -185,22 +186,6 @@ def _precision(cfg, prepared, qmodel, batches, evaluator, evaluation):
                                   export=float_precision_export, evaluate=evaluator.evaluate_model,
                                   runner=evaluator.runner, qdq_opset=cfg.export.fp16_qdq_opset)
     return model, info, evaluation if model is qmodel else evaluator.evaluate_model(model)
-
-
-def _simulator(result, device: str, n_out: int):
-    """``run(feeds)``: PPQ's INT8 simulation, one executor for every batch."""
-    import numpy as np
-    import torch
-
-    from xtrt.backend.ppq import PpqExecutor
-
-    ex = PpqExecutor(result.graph, device, op_ranges=False)
-
-    def run(feeds):
-        inp = {k: torch.from_numpy(np.ascontiguousarray(feeds[k])).to(device)
-               for k in ex.input_names}
-        return [o.detach().cpu().numpy() for o in ex.forward(inp)][:n_out]
-    return run
 
 
 def prepare(job):

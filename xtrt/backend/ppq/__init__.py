@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from xtrt.backend.ppq._analysis import choose_per_tensor, graphwise_error, layerwise_error
 from xtrt.backend.ppq._calib import calibrate, rescale
-from xtrt.backend.ppq._executor import PpqExecutor, build_executor, simulate
+from xtrt.backend.ppq._executor import PpqExecutor, build_executor, simulate, simulator
 from xtrt.backend.ppq._graph import release as release_graphs
 from xtrt.backend.ppq._optim import equalize, optimize
 from xtrt.backend.ppq._result import CalibrationResult, _collect_scales, _positive
@@ -36,4 +36,4 @@ from xtrt.backend.ppq._scales import weight_scales as _weight_scales
 
 __all__ = ["ppq_version", "CalibrationResult", "calibrate", "rescale", "graphwise_error",
            "layerwise_error", "equalize", "optimize", "choose_per_tensor",
-           "simulate", "build_executor", "QUANTIZED_OP_TYPES", "PpqExecutor", "release_graphs"]
+           "simulate", "simulator", "build_executor", "QUANTIZED_OP_TYPES", "PpqExecutor", "release_graphs"]

@@ -11,19 +11,29 @@ from xtrt.backend.ppq._runtime import _install_handlers, _load_graph, _ppq, _qui
 from xtrt.errors import QuantizationError
 
 
-def simulate(result: CalibrationResult, feeds: dict[str, np.ndarray], *,
-             device: str = "cpu") -> list[np.ndarray]:
-    """Run PPQ's INT8-simulating executor; outputs in the graph's output order."""
+def simulator(result: CalibrationResult, *, device: str = "cpu", outputs: int | None = None):
+    """``run(feeds) -> outputs``: PPQ's INT8-simulating executor, built once for every batch;
+    outputs in the graph's output order (the first ``outputs`` of them when given)."""
     _ppq()
     import torch
     from ppq import TorchExecutor
 
     ex = TorchExecutor(graph=result.graph, device=device)
     names = list(result.graph.inputs.keys())
-    inp = {k: torch.from_numpy(np.ascontiguousarray(feeds[k])).to(device) for k in names}
-    with torch.no_grad(), _quiet(), _torch_threads(device):
-        outs = ex.forward(inputs=inp, output_names=list(result.graph.outputs.keys()))
-    return [o.detach().cpu().numpy() for o in outs]
+    wanted = list(result.graph.outputs.keys())[:outputs]
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        inp = {k: torch.from_numpy(np.ascontiguousarray(feeds[k])).to(device) for k in names}
+        with torch.no_grad(), _quiet(), _torch_threads(device):
+            outs = ex.forward(inputs=inp, output_names=wanted)
+        return [o.detach().cpu().numpy() for o in outs]
+    return run
+
+
+def simulate(result: CalibrationResult, feeds: dict[str, np.ndarray], *,
+             device: str = "cpu") -> list[np.ndarray]:
+    """Run PPQ's INT8-simulating executor on one batch (:func:`simulator` for many)."""
+    return simulator(result, device=device)(feeds)
 
 
 def _range_hooks(graph) -> dict:
