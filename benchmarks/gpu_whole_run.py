@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t
     use = resource.getrusage(resource.RUSAGE_CHILDREN)
     rss, cpu = use.ru_maxrss / 2 ** 20, use.ru_utime + use.ru_stime
-    print(f"whole run ({a.device}, {a.steps}x{b} calibration, {a.count} held out, {s}px): "
+    print(f"whole run ({a.device}, {a.steps}x{a.batch} calibration, {a.count} held out, {a.imgsz}px): "
           f"rc {rc}, {wall:.1f} s wall, {cpu:.1f} CPU s, peak RSS {rss:.2f} GiB")
     rep = Path(a.out) / "report.json"
     if not rep.exists():
