@@ -93,10 +93,15 @@ def test_workers_row_and_verdict(tiny_model, photos, tmp_path, capsys):
     assert "preprocessing-bound at batch 2 with 1 decode thread (decode+preprocess " in line
     assert "; with 2 workers: " in line and "x more images/s (" in line and "; fix: " in line
     assert any(x.startswith("as you run it today (1 thread) ") for x in lines)
-    assert any(x.startswith("2 decode workers ") for x in lines)
+    assert any(x.startswith("2 workers ") for x in lines)
+    assert any(x.startswith("note: tiny: the pinned/async and GPU decode rows need --device cuda")
+               for x in lines)
+    feed = next(x for x in lines if x.startswith("feed: "))
+    assert feed.startswith("feed: 1 thread ") and " -> 2 workers " in feed and "; best: 2 workers" in feed
     data = json.loads((out / "profile.json").read_text())
     rows = data["workers"]["rows"]
     assert [r["workers"] for r in rows] == [1, 2] and [r["batch"] for r in rows] == [2, 2]
+    assert [r["name"] for r in rows] == ["as you run it today (1 thread)", "2 workers"]
     assert data["workers"]["line"] == line[len("decode workers: "):]
     assert data["models"][0]["workers"] == data["workers"]
     today, two = rows
@@ -152,16 +157,17 @@ def test_workers_line_says_what_to_fix_and_by_how_much():
                         _row(8, 651.0, "GPU-bound", 0.05, 0.80, 0.80))
     assert text.startswith("CPU-bound at batch 32 with 1 decode thread (decode+preprocess 87%); "
                            "with 8 workers: GPU-bound, 3.1x more images/s (210.0 -> 651.0); "
-                           "fix: decode with 8 workers; then the model is the limit (inference "
+                           "fix: feed it as '8 workers'; then the model is the limit (inference "
                            "80% of the step): a faster model (INT8, a TensorRT engine)")
     still = workers_line(_row(1, 100.0, "preprocessing-bound", 0.9, 0.1),
                          _row(2, 101.0, "preprocessing-bound", 0.85, 0.1))
     assert "1.0x more images/s" in still and "the input pipeline is still the limit" in still
-    assert still.endswith("2 workers gain nothing here: the cores are already busy")
+    assert still.endswith("'2 workers' gains nothing here: the cores are already busy")
     slower = workers_line(_row(1, 100.0, "inference-bound", 0.1, 0.8),
                           _row(2, 80.0, "balanced", 0.3, 0.4))
     assert "0.8x the images/s (slower)" in slower and "both matter" in slower
-    assert slower.endswith("the 2 workers slow inference down (they share its cores)")
+    assert slower.endswith("'2 workers' is slower than today (its threads share the cores with "
+                           "inference)")
     model = workers_line(_row(1, 100.0, "inference-bound", 0.1, 0.8),
                          _row(2, 102.0, "inference-bound", 0.0, 0.9))
     assert "fix: the model is the limit (inference 90% of the step)" in model

@@ -111,11 +111,13 @@ def _feed_for(model, opts: ProfileOptions, cfg, files, notes: list[str]):
                       preprocess_size=pre_size)
     if files is None:
         return plan, SyntheticFeed(plan.name, plan.sample_shape, plan.dtype), None
-    fn, desc, note = choose_preprocess(cfg.preprocess if cfg else None, opts.preprocess_plugin, plan,
-                                       cfg.base_dir if cfg else None)
+    fn, desc, note, pre = choose_preprocess(cfg.preprocess if cfg else None, opts.preprocess_plugin,
+                                            plan, cfg.base_dir if cfg else None)
     if note and note not in notes:
         notes.append(note)
-    return plan, ImageFeed(files, fn, plan.name, plan.sample_shape, plan.dtype), desc
+    feed = ImageFeed(files, fn, plan.name, plan.sample_shape, plan.dtype)
+    feed.pre_config = pre            # for the GPU decode row (xtrt.runtime.feed_gpu)
+    return plan, feed, desc
 
 
 def _profile_one(path: Path, label: str, opts: ProfileOptions, cfg, files, device: str,
@@ -165,29 +167,48 @@ def _profile_one(path: Path, label: str, opts: ProfileOptions, cfg, files, devic
             r.ort_profile = os.path.relpath(final, work)
     mp = ModelProfile(label, str(path), opts.backend, device, post_kind,
                       [n.name for n in getattr(backend, "plugin_nodes", [])], results)
-    _workers_rows(mp, backend, feed, post, opts, device, plan)
+    _workers_rows(mp, backend, feed, post, opts, device, plan, notes)
     return mp
 
 
 def _workers_rows(mp: ModelProfile, backend, feed, post, opts: ProfileOptions, device: str,
-                  plan) -> None:
-    """The "as you run it today" row and the N-worker row at the headline batch (photos only)."""
+                  plan, notes: list[str] | None = None) -> None:
+    """The feed table at the headline batch (photos only): "as you run it today (1 thread)",
+    "N workers", on CUDA "N workers + pinned/async" and "GPU decode" where it can run; a row that
+    cannot run is named in a note with the reason."""
     from xtrt.data.source import default_workers
     from xtrt.profile.inputs import extra_feeds_for
-    from xtrt.profile.verdict import workers_line
-    from xtrt.profile.workers import measure_workers, row_from_result
+    from xtrt.profile.verdict import ROW_NAMES, feed_line, workers_line
+    from xtrt.profile.workers import measure_row, row_from_result
+    from xtrt.runtime.feed_gpu import device_preprocess, gpu_decode_unavailable
 
+    notes = [] if notes is None else notes
     n = default_workers() if opts.workers is None else int(opts.workers)
     if feed.synthetic or n <= 1:
         return
     head = max(mp.batches, key=lambda r: r.batch)
-    today = row_from_result(head, 1, device)
-    row = measure_workers(backend, feed, post, head.batch, workers=n, steps=opts.steps,
-                          warmup=opts.warmup, device=device,
-                          extra_feeds=(lambda b: extra_feeds_for(plan, b)) if plan.others else None,
-                          progress=log.info)
-    mp.workers = [today, row]
-    mp.workers_line = workers_line(today, row)
+    rows = [row_from_result(head, 1, device)]
+    kinds = ["workers"]
+    pre = getattr(feed, "pre_config", None)
+    if device == "cuda":
+        kinds.append("pinned")
+        why = gpu_decode_unavailable(device, pre)
+        if why is None:
+            kinds.append("gpu_decode")
+        else:
+            notes.append(f"{mp.run_name}: no '{ROW_NAMES['gpu_decode'].format(n=n)}' row: {why}")
+    else:
+        notes.append(f"{mp.run_name}: the pinned/async and GPU decode rows need --device cuda "
+                     "(on the CPU nothing is copied to a device)")
+    extra = (lambda b: extra_feeds_for(plan, b)) if plan.others else None
+    for kind in kinds:
+        dpre = device_preprocess(pre, plan.hw) if kind == "gpu_decode" else None
+        rows.append(measure_row(kind, backend, feed, post, head.batch, workers=n, steps=opts.steps,
+                                warmup=opts.warmup, device=device, extra_feeds=extra,
+                                device_pre=dpre, progress=log.info))
+    mp.workers = rows
+    mp.workers_line = workers_line(rows[0], rows[1])
+    mp.feed_line = feed_line(rows)
 
 
 def _run_names(model: Path, compare: Path | None) -> tuple[str, str | None]:

@@ -98,13 +98,16 @@ class OrtBackend:
             return np.empty(shape, dtype)
         return self.feeder.host_buffer(name, shape, dtype, tag)
 
-    def infer(self, dev):
+    def infer(self, dev, wait: bool = True):
+        """Run on ``dev`` (CUDA: device tensors, bound in place).  ``wait=False``: the caller has
+        already waited for ``dev``'s copy, and a later copy may still be in flight (overlap)."""
         self.runs += 1
         if self.device == "cpu":
             return self.session.run(self.body_outputs, dev)
         from xtrt.runtime.feed import bind_inputs
 
-        self.feeder.wait()       # the input copy has landed before ORT's stream reads it
+        if wait:
+            self.feeder.wait()   # the input copy has landed before ORT's stream reads it
         binding = self.session.io_binding()
         bind_inputs(binding, dev, self.feeder.device_id)
         for n in self.body_outputs:
@@ -180,9 +183,9 @@ class PpqBackend:
         self.to_device({})    # makes the feeder
         return self._feeder.host_buffer(name, shape, dtype, tag)
 
-    def infer(self, dev):
+    def infer(self, dev, wait: bool = True):
         self.runs += 1
-        if self._feeder is not None:
+        if self._feeder is not None and wait:
             self._feeder.wait()      # the side-stream copy has landed before PPQ reads it
         with self._torch.no_grad():
             return self.ex.forward(dev)

@@ -106,7 +106,8 @@ def extra_feeds_for(plan: InputPlan, batch: int) -> dict[str, np.ndarray]:
 
 
 def choose_preprocess(cfg_pre, plugin: str | None, plan: InputPlan, base_dir: str | None = None):
-    """(preprocess callable, description, note or None) from the config, a plugin or a heuristic."""
+    """(preprocess callable, description, note or None, the PreprocessConfig) from the config, a
+    plugin or a heuristic."""
     from xtrt.config import PreprocessConfig
     from xtrt.data.preprocess import build_preprocess
 
@@ -123,4 +124,4 @@ def choose_preprocess(cfg_pre, plugin: str | None, plan: InputPlan, base_dir: st
         note = (f"no --config: letterbox to {plan.hw[0]}x{plan.hw[1]}, RGB, /255 (YOLO style); "
                 "give --config (preprocess:) or --preprocess-plugin for other preprocessing")
     desc = pre.preset if pre.preset != "plugin" else f"plugin {pre.plugin}"
-    return build_preprocess(pre, plan.hw, base_dir=base_dir), desc, note
+    return build_preprocess(pre, plan.hw, base_dir=base_dir), desc, note, pre

@@ -74,16 +74,19 @@ def top_ops_table(batch_result, n: int = 10) -> str:
 
 
 def workers_table(rows) -> str:
-    """Today's single-thread pipeline against N decode workers: images/s, shares and the bound."""
+    """The feed table: today's single-thread pipeline, N workers, pinned/async, GPU decode;
+    images/s, gain over today, shares, GPU busy, the bound and the next bottleneck."""
     out = []
+    base = rows[0].throughput_ips if rows else 0.0
     for r in rows:
-        what = "as you run it today (1 thread)" if r.workers == 1 else f"{r.workers} decode workers"
         busy = "-" if r.gpu_busy_share is None else \
             f"{r.gpu_busy_share:.0%}" + ("*" if r.gpu_busy_estimated else "")
-        out.append([what, f"{r.step_ms:.2f}", f"{r.throughput_ips:.1f}", f"{r.input_share:.0%}",
-                    f"{r.inference_share:.0%}", busy, r.label])
-    text = table(["pipeline", "step ms", "img/s", "decode+pre (wait)", "inference", "GPU busy",
-                  "bound"], out)
+        gain = f"x{r.throughput_ips / base:.2f}" if base > 0 else "-"
+        out.append([r.name, f"{r.step_ms:.2f}", f"{r.throughput_ips:.1f}", gain,
+                    f"{r.input_share:.0%}", f"{r.inference_share:.0%}", busy, r.label,
+                    r.biggest_stage or "-"])
+    text = table(["pipeline", "step ms", "img/s", "vs today", "decode+pre (wait)", "inference",
+                  "GPU busy", "bound", "biggest stage"], out, "lrrrrrrll")
     if any(r.gpu_busy_estimated for r in rows):
         text += "\n* GPU busy estimated as the (synchronised) inference share, untraced"
     return text
@@ -97,6 +100,8 @@ def render_result(result) -> str:
         out.append(f"  ({why})")
     if result.models[0].workers_line:
         out.append(f"decode workers: {result.models[0].workers_line}")
+    if result.models[0].feed_line:
+        out.append(f"feed: {result.models[0].feed_line}")
     src = ("synthetic tensors (no --images): decode/preprocess not measured" if synthetic else
            f"{result.inputs.get('files')} photo(s) from {result.inputs.get('source')}, "
            f"preprocess: {result.inputs.get('preprocess')}")
@@ -112,7 +117,7 @@ def render_result(result) -> str:
         head = max(m.batches, key=lambda r: r.batch)
         if m.workers:
             out.append("")
-            out.append(f"decode workers at batch {head.batch} (the N-worker row is untraced):")
+            out.append(f"feed at batch {head.batch} (rows after today's are untraced):")
             out.append(workers_table(m.workers))
         out.append("")
         out.append(f"top ops at batch {head.batch} (summed over {head.latency_all.count} steps):")

@@ -65,12 +65,14 @@ class ModelProfile:
     batches: list[BatchResult]
     workers: list = field(default_factory=list)   # WorkersRow: today's (1 thread), then N's
     workers_line: str | None = None                # what the N-worker row says (verdict.workers_line)
+    feed_line: str | None = None                   # the whole feed table in one line (verdict.feed_line)
 
     def as_dict(self) -> dict:
         return {"run": self.run_name, "path": self.path, "backend": self.backend,
                 "device": self.device, "postprocess": self.postprocess,
                 "plugin_nodes": self.plugin_nodes, "batches": [b.as_dict() for b in self.batches],
-                "workers": {"rows": [r.as_dict() for r in self.workers], "line": self.workers_line}
+                "workers": {"rows": [r.as_dict() for r in self.workers], "line": self.workers_line,
+                            "feed_line": self.feed_line}
                 if self.workers else None}
 
 

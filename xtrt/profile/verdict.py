@@ -13,7 +13,7 @@ import numpy as np
 __all__ = [
     "STAGES", "HOST_INPUT_STAGES", "MODEL_STAGES", "LatencyStats", "Verdict", "latency_stats",
     "stage_shares", "union_busy", "decide", "GPU_BOUND_BUSY", "CPU_BOUND_BUSY", "DOMINANCE",
-    "WorkersRow", "workers_line",
+    "WorkersRow", "workers_line", "feed_line", "ROW_NAMES",
 ]
 
 #: Pipeline stages in order; each is a ``record_function`` range of this name in the trace.
@@ -174,9 +174,23 @@ class WorkersRow:
     label: str
     biggest_stage: str = ""
     gpu_busy_estimated: bool = False
+    kind: str = ""                     # today | workers | pinned | gpu_decode (ROW_NAMES)
+
+    @property
+    def name(self) -> str:
+        """The row's name in the table, e.g. "8 workers + pinned/async"."""
+        kind = self.kind or ("today" if self.workers == 1 else "workers")
+        return ROW_NAMES[kind].format(n=self.workers)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["name"] = self.name
+        return d
+
+
+#: the feed table's rows, in the order each adds one step to the one before
+ROW_NAMES = {"today": "as you run it today (1 thread)", "workers": "{n} workers",
+             "pinned": "{n} workers + pinned/async", "gpu_decode": "GPU decode ({n} readers)"}
 
 
 def workers_line(today: WorkersRow, row: WorkersRow) -> str:
@@ -191,20 +205,49 @@ def workers_line(today: WorkersRow, row: WorkersRow) -> str:
     gain = f"{ratio:.1f}x more images/s" if ratio >= 1 else f"{ratio:.1f}x the images/s (slower)"
     tail = (f"with {row.workers} workers: {row.label}, {gain} "
             f"({today.throughput_ips:.1f} -> {row.throughput_ips:.1f})")
+    fix = _fix(today, row, ratio)
+    return f"{head}; {tail}; fix: {fix}"
+
+
+def _fix(today: WorkersRow, row: WorkersRow, ratio: float) -> str:
+    """What to fix after ``row`` (the best pipeline measured), against today's."""
     if row.label in INPUT_BOUND:
         fix = (f"the input pipeline is still the limit (the step waits {row.input_share:.0%} for "
                "decode+preprocess): more cores/workers or cheaper decoding and preprocessing")
     elif row.label in MODEL_BOUND and today.label not in MODEL_BOUND:
-        fix = (f"decode with {row.workers} workers; then the model is the limit (inference "
+        fix = (f"feed it as '{row.name}'; then the model is the limit (inference "
                f"{row.inference_share:.0%} of the step): a faster model (INT8, a TensorRT engine)")
     elif row.label in MODEL_BOUND:
         fix = (f"the model is the limit (inference {row.inference_share:.0%} of the step): a faster "
                "model (INT8, a TensorRT engine); more decode workers change little")
     else:
         fix = (f"input ({row.input_share:.0%} waiting) and inference ({row.inference_share:.0%}) "
-               "are close: both matter")
+               f"are close: both matter (biggest stage: {row.biggest_stage})")
     if ratio < 1.05 and today.label in INPUT_BOUND:
-        fix += f"; {row.workers} workers gain nothing here: the cores are already busy"
+        fix += f"; '{row.name}' gains nothing here: the cores are already busy"
     elif ratio < 0.95:
-        fix += f"; the {row.workers} workers slow inference down (they share its cores)"
-    return f"{head}; {tail}; fix: {fix}"
+        fix += f"; '{row.name}' is slower than today (its threads share the cores with inference)"
+    return fix
+
+
+def feed_line(rows: Sequence[WorkersRow]) -> str:
+    """The feed table in one line: each row's images/s and its gain over the row before, the
+    best row's bound and next bottleneck, and what to fix.
+
+    e.g. "1 thread 54.0 img/s (CPU-bound) -> 8 workers 356.0 (x6.6) -> 8 workers + pinned/async
+    420.0 (x1.18) -> GPU decode (8 readers) 1500.0 (x3.57); best: GPU decode (8 readers), x27.8
+    over today, GPU-bound, next bottleneck: inference (81%); fix: ..."
+    """
+    today, rest = rows[0], list(rows[1:])
+    parts = [f"1 thread {today.throughput_ips:.1f} img/s ({today.label})"]
+    prev = today
+    for r in rest:
+        gain = r.throughput_ips / prev.throughput_ips if prev.throughput_ips > 0 else 0.0
+        parts.append(f"{r.name} {r.throughput_ips:.1f} (x{gain:.2f})")
+        prev = r
+    best = max(rows, key=lambda r: r.throughput_ips)
+    ratio = best.throughput_ips / today.throughput_ips if today.throughput_ips > 0 else 0.0
+    big = best.biggest_stage or "?"
+    head = (f"best: {best.name}, x{ratio:.1f} over today, {best.label}, next bottleneck: "
+            f"{'waiting for decode+preprocess' if big == 'decode' and best.kind else big}")
+    return " -> ".join(parts) + f"; {head}; fix: {_fix(today, best, ratio)}"

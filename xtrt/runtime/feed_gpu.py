@@ -135,11 +135,17 @@ def _read(path: Path):
     """In a worker: ('jpeg', raw bytes as a uint8 tensor) or ('image', decoded uint8 CHW tensor)."""
     import torch
 
-    from xtrt.data.images import decode_image
-
     if path.suffix.lower() in JPEG_SUFFIXES:
         return "jpeg", torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8), path
-    return "image", torch.from_numpy(decode_image(path)).permute(2, 0, 1).contiguous(), path
+    return "image", torch.from_numpy(_writable(path)).permute(2, 0, 1).contiguous(), path
+
+
+def _writable(path: Path) -> np.ndarray:
+    """:func:`xtrt.data.images.decode_image`, as an array torch may wrap (writable)."""
+    from xtrt.data.images import decode_image
+
+    hwc = decode_image(path)
+    return hwc if hwc.flags.writeable else hwc.copy()
 
 
 class GpuDecodeFeed:
@@ -193,8 +199,6 @@ class GpuDecodeFeed:
 
     def _decode(self, items) -> list:
         """Decoded uint8 CHW images of one batch, in order (JPEGs batched on the device)."""
-        from xtrt.data.images import decode_image
-
         imgs: list = [None] * len(items)
         jpeg = [i for i, (kind, _, _) in enumerate(items) if kind == "jpeg"]
         for i, (kind, data, _) in enumerate(items):
@@ -212,10 +216,13 @@ class GpuDecodeFeed:
                 for i in jpeg:
                     path = items[i][2]
                     self.refused.append(f"{path.name}: {why}")
-                    hwc = decode_image(path)
-                    imgs[i] = self._torch.from_numpy(hwc).permute(2, 0, 1).to(self.device)
+                    imgs[i] = self._host_decode(path)
                     self.host_images += 1
         return imgs
+
+    def _host_decode(self, path: Path):
+        hwc = _writable(path)
+        return self._torch.from_numpy(hwc).permute(2, 0, 1).to(self.device)
 
     def next(self, batch: int | None = None):
         """The next batch as a device tensor [batch, C, H, W] float32, ready to read (the device
