@@ -32,6 +32,7 @@ python3 -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'o
 step() { echo; echo "=== $1 ($(date +%T))"; }
 PART=${1:-all}     # all | quant (tests, quant, calibration speed) | whole | profile | techniques | wholeprof
                    # | accuracy-lsq | accuracy-adaround | accuracy-adaround-yolo (issue 14; each < 10 min)
+                   # | feed (issue 13 item 3: the feed table; about 3 minutes)
 
 # The whole xtrt.quant run of issue 13 (YOLOv8n e2e 640, 4 x 8 calibration images, 115 held out,
 # auto, layer-wise, fallback to 0.9 mAP50-95) with its stage split, twice (the first compiles
@@ -153,6 +154,30 @@ c = collections.Counter(e.get("cat") for e in ev)
 print("trace event categories:", dict(c.most_common(8)))
 EOF
 fi
+# Issue 13 item 3, the pipeline that feeds the GPU (about 3 minutes): the feed's gpu tests, then
+# xtrt.profile on YOLOv8n e2e 640 at batch 32 on all of IMAGES (147 photos), FP32, with the feed
+# table: "as you run it today (1 thread)" (the traced sweep), "N workers" (pageable synchronous
+# copy), "N workers + pinned/async" (batch k+1's copy overlaps batch k's inference) and "GPU
+# decode" (nvJPEG + letterbox in torch on the device), at the default N (one per core, at most 8)
+# and at N=16; then how far GPU decode's pixels are from the host path's on the same photos.
+if [ "$PART" = feed ]; then
+step "feed: gpu tests of the feed paths"
+timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider --tb=short -rs \
+  tests/profile/test_profile_feed.py tests/profile/test_profile_workers.py tests/runtime/test_feed.py \
+  2>&1 | tail -15
+for n in default 16; do
+  step "feed: xtrt.profile on CUDA, YOLOv8n 640 batch 32, --workers $n"
+  W=""; [ $n != default ] && W="--workers $n"
+  timeout 200 python3 -m xtrt.profile data/yolov8n_e2e.onnx --images "$IMAGES" --device cuda \
+    --imgsz 640 --batch 32 --max-images 147 $W --out "$RUN/profile_feed_$n" > "$RUN/feed_$n.log" 2>&1
+  sed -n '/^verdict:/,/^top ops/p' "$RUN/feed_$n.log" | grep -v '^top ops'
+  grep -E '^(error|FAILED|PASSED|Traceback)|Error' "$RUN/feed_$n.log" | tail -5
+  cp "$RUN/profile_feed_$n/profile.json" "$OUT/profile_feed_$n.json" 2>/dev/null
+done
+step "feed: GPU decode pixels against the host decode + letterbox (640), every photo"
+timeout 120 python3 benchmarks/feed_pixels.py "$IMAGES"
+fi
+
 (cd "$RUN" && tar czf "$OUT/runs.tgz" --exclude='*.onnx' --exclude=trace.json \
-  $(ls -d quant profile profile_ppq 2>/dev/null))
+  $(ls -d quant profile profile_ppq profile_feed_* 2>/dev/null))
 echo "done $(date +%T)"

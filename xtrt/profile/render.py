@@ -16,7 +16,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence], align: str | None = 
     align = align or "l" + "r" * (len(headers) - 1)
 
     def fmt(row):
-        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align))
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w)
+                         for c, w, a in zip(row, widths, align)).rstrip()
     lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)]
     lines += [fmt(r) for r in cells[1:]]
     return "\n".join(lines)
