@@ -31,11 +31,13 @@ class _CopyingBackend:
         self.feeder = DeviceFeed("cpu", slots=slots)
         self.runs = 0
         self.waits = []
+        self.events = []
 
     def host_buffer(self, name, shape, dtype, tag=0):
         return self.feeder.host_buffer(name, shape, dtype, tag)
 
     def to_device(self, feeds):
+        self.events.append("copy")
         return self.feeder.put(feeds)
 
     def sync(self):
@@ -44,6 +46,7 @@ class _CopyingBackend:
     def infer(self, dev, wait=True):
         self.runs += 1
         self.waits.append(wait)
+        self.events.append("infer")
         x = dev["x"]
         x = x.numpy() if hasattr(x, "numpy") else x
         return [x.reshape(len(x), -1).sum(1)]
@@ -79,6 +82,7 @@ def test_loops_keep_file_order(photos, kind):
     assert len(walls) == 5 and set(sums) >= {"decode", "h2d", "inference", "postprocess"}
     if kind == "pinned":
         assert be.waits == [False] * 6                    # inference does not wait on a copy
+        assert be.events == ["copy"] + ["copy", "infer"] * 6   # batch k+1's copy before k runs
         assert be.feeder.host_copies == 0                 # the workers filled the pinned buffers
         assert be.feeder.transfers == 7                   # one batch ahead, then one per step
         assert len(be.feeder._dev) == 2                   # two device buffers, reused in turn
@@ -251,3 +255,47 @@ def test_cuda_gpu_decode_matches_host_letterbox(tmp_path):
         want, _ = letterbox(decode_image(path), (64, 64))
         diff = np.abs(x[k] - want)
         assert diff.mean() < 2 / 255 and diff.max() < 24 / 255, (path.name, diff.max() * 255)
+
+
+def test_cuda_rows_that_cannot_run_are_named_not_silent(monkeypatch):
+    """Without torchvision/CUDA the GPU decode row is replaced by a note with the reason, and a
+    CUDA row that fails is a note naming the error; the rows that ran stay."""
+    import torch
+
+    from xtrt.config import PreprocessConfig
+    from xtrt.profile import api, workers
+    from xtrt.profile.inputs import InputPlan
+    from xtrt.profile.sweep import BatchResult, ModelProfile
+    from xtrt.profile.verdict import decide, latency_stats
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    asked = []
+
+    def fake_row(kind, *a, **k):
+        asked.append(kind)
+        if kind == "pinned":
+            raise RuntimeError("CUDA error: an illegal memory access\ntraceback text")
+        return _row(kind, 4, 300.0, "CPU-bound", 0.5, 0.2, "decode")
+
+    monkeypatch.setattr(workers, "measure_row", fake_row)
+    lat = latency_stats([0.1])
+    shares = {"decode": 0.8, "inference": 0.1}
+    head = BatchResult(32, lat, lat, 50.0, 900.0, {}, decide(shares, device="cuda", batch=32,
+                                                              gpu_busy_share=0.05))
+    mp = ModelProfile("m", "m.onnx", "ort", "cuda", "none", [], [head])
+
+    class Feed:
+        synthetic = False
+        pre_config = PreprocessConfig(preset="letterbox", size=[64, 64])
+
+    notes = []
+    opts = api.ProfileOptions(model="m.onnx", workers=4)
+    api._workers_rows(mp, None, Feed(), None, opts, "cuda", InputPlan("x", (3, 64, 64), None,
+                                                                        np.float32), notes)
+    assert asked == ["workers", "pinned"]
+    assert [r.kind for r in mp.workers] == ["today", "workers"]
+    assert notes == ["m: no 'GPU decode (4 readers)' row: GPU decode needs CUDA "
+                     "(torch.cuda.is_available() is False)",
+                     "m: the '4 workers + pinned/async' row failed: RuntimeError: CUDA error: an "
+                     "illegal memory access"]
+    assert mp.feed_line.startswith("1 thread 50.0 img/s (CPU-bound) -> 4 workers 300.0 (x6.00)")

@@ -192,7 +192,7 @@ def _workers_rows(mp: ModelProfile, backend, feed, post, opts: ProfileOptions, d
     pre = getattr(feed, "pre_config", None)
     if device == "cuda":
         kinds.append("pinned")
-        why = gpu_decode_unavailable(device, pre)
+        why = "no preprocessing config" if pre is None else gpu_decode_unavailable(device, pre)
         if why is None:
             kinds.append("gpu_decode")
         else:
@@ -203,9 +203,19 @@ def _workers_rows(mp: ModelProfile, backend, feed, post, opts: ProfileOptions, d
     extra = (lambda b: extra_feeds_for(plan, b)) if plan.others else None
     for kind in kinds:
         dpre = device_preprocess(pre, plan.hw) if kind == "gpu_decode" else None
-        rows.append(measure_row(kind, backend, feed, post, head.batch, workers=n, steps=opts.steps,
-                                warmup=opts.warmup, device=device, extra_feeds=extra,
-                                device_pre=dpre, progress=log.info))
+        try:
+            rows.append(measure_row(kind, backend, feed, post, head.batch, workers=n,
+                                    steps=opts.steps, warmup=opts.warmup, device=device,
+                                    extra_feeds=extra, device_pre=dpre, progress=log.info))
+        except XtrtError:
+            raise
+        except Exception as exc:   # a CUDA-only row (pinned/async, GPU decode) that cannot run
+            if kind == "workers":  # here is named in a note; the rest of the profile stands
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            notes.append(f"{mp.run_name}: the '{ROW_NAMES[kind].format(n=n)}' row failed: "
+                         f"{type(exc).__name__}: {first}")
+            log.debug("feed row %s failed", kind, exc_info=True)
     mp.workers = rows
     mp.workers_line = workers_line(rows[0], rows[1])
     mp.feed_line = feed_line(rows)

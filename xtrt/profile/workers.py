@@ -159,7 +159,7 @@ def measure_row(kind: str, backend, feed, post, batch: int, *, workers: int, ste
         from xtrt.runtime.feed_gpu import GpuDecodeFeed
 
         src = GpuDecodeFeed(feed.files, device_pre, feed.input_name, feed.sample_shape, batch,
-                            workers, device=device)
+                            workers, device=device, dtype=feed.dtype)
     else:
         host_buffer = getattr(backend, "host_buffer", None) if kind == "pinned" else None
 

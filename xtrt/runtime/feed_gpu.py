@@ -163,7 +163,8 @@ class GpuDecodeFeed:
 
     def __init__(self, files: Sequence[Path], device_pre: Callable, input_name: str,
                  sample_shape: Sequence[int], batch: int, workers: int, *, device: str = "cuda",
-                 depth: int = 2, slots: int = 2, decode_jpeg: Callable | None = None):
+                 depth: int = 2, slots: int = 2, decode_jpeg: Callable | None = None,
+                 dtype=np.float32):
         import torch
 
         self._torch = torch
@@ -181,7 +182,8 @@ class GpuDecodeFeed:
             def decode_jpeg(datas):
                 return tv_decode(datas, mode=ImageReadMode.RGB, device=self.device)
         self._decode_jpeg = decode_jpeg
-        self._out = [torch.empty((self.batch_size, *self.sample_shape), dtype=torch.float32,
+        tdtype = torch.from_numpy(np.zeros(0, np.dtype(dtype))).dtype   # the model input's
+        self._out = [torch.empty((self.batch_size, *self.sample_shape), dtype=tdtype,
                                  device=self.device) for _ in range(max(1, slots))]
         self._slot = 0
         self.jpeg_images = 0           # decoded by nvJPEG (or the injected decoder)
@@ -225,7 +227,7 @@ class GpuDecodeFeed:
         return self._torch.from_numpy(hwc).permute(2, 0, 1).to(self.device)
 
     def next(self, batch: int | None = None):
-        """The next batch as a device tensor [batch, C, H, W] float32, ready to read (the device
+        """The next batch as a device tensor [batch, C, H, W] (``dtype``), ready to read (the device
         work is synchronised).  Valid until ``slots`` more calls; copy it to keep it."""
         if batch is not None and batch != self.batch_size:
             raise ValueError(f"this feed makes batches of {self.batch_size}, not {batch}")
