@@ -141,7 +141,10 @@ def test_gpu_decode_feed_on_cpu_matches_host_letterbox(tmp_path):
     with GpuDecodeFeed(files, pre, "x", (3, 64, 64), 3, 2, device="cpu",
                        decode_jpeg=_pil_decode_jpeg) as feed:
         batches = [feed.next(3).clone() for _ in range(4)]          # 12 images, 4 files cycled
-        assert feed.jpeg_images == 9 and feed.host_images == 3 and not feed.refused
+    # the producer may have decoded a fifth batch ahead
+    n = feed.jpeg_images + feed.host_images
+    assert n in (12, 15) and feed.host_images == sum(k % 4 == 3 for k in range(n))
+    assert not feed.refused
     order = [files[i % 4] for i in range(12)]
     for k, path in enumerate(order):
         want, _ = letterbox(decode_image(path), (64, 64))
@@ -161,8 +164,8 @@ def test_gpu_decode_feed_falls_back_when_the_decoder_refuses(tmp_path):
     with GpuDecodeFeed(files, pre, "x", (3, 32, 32), 4, 1, device="cpu", decode_jpeg=refuse) as f:
         x = f.next()
         assert tuple(x.shape) == (4, 3, 32, 32)
-        assert f.jpeg_images == 0 and f.host_images == 4
-        assert f.refused == [f"{p.name}: nvjpeg: unsupported JPEG" for p in files[:3]]
+    assert f.jpeg_images == 0 and f.host_images in (4, 8)
+    assert f.refused[:3] == [f"{p.name}: nvjpeg: unsupported JPEG" for p in files[:3]]
 
 
 def test_gpu_decode_unavailable_says_why(monkeypatch):
@@ -250,7 +253,7 @@ def test_cuda_gpu_decode_matches_host_letterbox(tmp_path):
     pre = device_preprocess(PreprocessConfig(preset="letterbox", size=[64, 64]), (64, 64))
     with GpuDecodeFeed(files, pre, "x", (3, 64, 64), 4, 2, device="cuda") as feed:
         x = feed.next().cpu().numpy()
-        assert feed.jpeg_images == 3 and feed.host_images == 1, feed.refused
+    assert feed.jpeg_images in (3, 6) and feed.host_images in (1, 2), feed.refused
     for k, path in enumerate(files):
         want, _ = letterbox(decode_image(path), (64, 64))
         diff = np.abs(x[k] - want)

@@ -151,10 +151,12 @@ def _writable(path: Path) -> np.ndarray:
 class GpuDecodeFeed:
     """Batches of ``batch`` images decoded and preprocessed on ``device``, in file order (cycled).
 
-    ``workers`` threads read files ahead (``depth`` batches); :meth:`next` decodes one batch with
-    nvJPEG, preprocesses each image into a device batch tensor (one of ``slots`` reused in turn)
-    and returns it once the device work is done.  ``decode_jpeg`` and ``device_pre`` are injected
-    for the CPU tests (torchvision's decoder on the host, the torch preprocessing on the CPU).
+    ``workers`` threads read files ahead (``depth`` batches).  One producer thread decodes each
+    batch with nvJPEG and preprocesses every image into a device batch tensor (two, used in turn)
+    on its own CUDA stream, one batch ahead, so batch k+1 is decoded while the caller runs batch
+    k (ONNX Runtime's run releases the GIL).  :meth:`next` returns a batch once its device work
+    is done.  ``decode_jpeg`` and ``device_pre`` are injected for the CPU tests (a host decoder
+    with torchvision's contract, the torch preprocessing on the CPU).
     """
 
     synthetic = False
@@ -163,8 +165,7 @@ class GpuDecodeFeed:
 
     def __init__(self, files: Sequence[Path], device_pre: Callable, input_name: str,
                  sample_shape: Sequence[int], batch: int, workers: int, *, device: str = "cuda",
-                 depth: int = 2, slots: int = 2, decode_jpeg: Callable | None = None,
-                 dtype=np.float32):
+                 depth: int = 2, decode_jpeg: Callable | None = None, dtype=np.float32):
         import torch
 
         self._torch = torch
@@ -183,17 +184,22 @@ class GpuDecodeFeed:
                 return tv_decode(datas, mode=ImageReadMode.RGB, device=self.device)
         self._decode_jpeg = decode_jpeg
         tdtype = torch.from_numpy(np.zeros(0, np.dtype(dtype))).dtype   # the model input's
+        # two buffers: the producer fills batch k+1's while the caller reads batch k's; it starts
+        # on batch k+1 only when the caller asks for batch k, after it is done with batch k-1
         self._out = [torch.empty((self.batch_size, *self.sample_shape), dtype=tdtype,
-                                 device=self.device) for _ in range(max(1, slots))]
+                                 device=self.device) for _ in range(2)]
         self._slot = 0
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.jpeg_images = 0           # decoded by nvJPEG (or the injected decoder)
         self.host_images = 0           # decoded on the host (not JPEG, or refused by nvJPEG)
         self.refused: list[str] = []   # "name: why" for JPEGs the batched decoder refused
         self._cycle = itertools.cycle(self.files)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="xtrt-gpudecode")
+        self._producer = ThreadPoolExecutor(1, thread_name_prefix="xtrt-gpudecode-device")
         self._pending: deque = deque()
         for _ in range(self.depth):
             self._submit()
+        self._ahead = self._producer.submit(self._produce)
 
     def _submit(self) -> None:
         self._pending.append([self._pool.submit(_read, next(self._cycle))
@@ -213,7 +219,7 @@ class GpuDecodeFeed:
                 for i, img in zip(jpeg, out):
                     imgs[i] = img
                 self.jpeg_images += len(jpeg)
-            except RuntimeError as exc:   # one file it cannot take fails the whole call
+            except (RuntimeError, ValueError) as exc:   # one file it refuses fails the call
                 why = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
                 for i in jpeg:
                     path = items[i][2]
@@ -226,32 +232,46 @@ class GpuDecodeFeed:
         hwc = _writable(path)
         return self._torch.from_numpy(hwc).permute(2, 0, 1).to(self.device)
 
-    def next(self, batch: int | None = None):
-        """The next batch as a device tensor [batch, C, H, W] (``dtype``), ready to read (the device
-        work is synchronised).  Valid until ``slots`` more calls; copy it to keep it."""
-        if batch is not None and batch != self.batch_size:
-            raise ValueError(f"this feed makes batches of {self.batch_size}, not {batch}")
+    def _produce(self):
+        """In the producer thread: the next batch, decoded and preprocessed, device work done."""
         futs = self._pending.popleft()
         self._submit()
         items = [f.result() for f in futs]
         out = self._out[self._slot]
         self._slot = (self._slot + 1) % len(self._out)
-        for row, img in enumerate(self._decode(items)):
-            if img.shape[0] == 1:
-                img = img.expand(3, -1, -1)
-            got = self.device_pre(img, None)
-            if tuple(got.shape) != self.sample_shape:
-                from xtrt.errors import DataError
+        ctx = self._torch.cuda.stream(self._stream) if self._stream is not None else _null()
+        with ctx:
+            for row, img in enumerate(self._decode(items)):
+                if img.shape[0] == 1:
+                    img = img.expand(3, -1, -1)
+                got = self.device_pre(img, None)
+                if tuple(got.shape) != self.sample_shape:
+                    from xtrt.errors import DataError
 
-                raise DataError(f"device preprocessing gives {list(got.shape)} but input "
-                                f"{self.input_name!r} takes {list(self.sample_shape)}",
-                                "make preprocess.size/crop match the model input, or set --imgsz")
-            out[row].copy_(got)
-        if self.device.type == "cuda":
+                    raise DataError(f"device preprocessing gives {list(got.shape)} but input "
+                                    f"{self.input_name!r} takes {list(self.sample_shape)}",
+                                    "make preprocess.size/crop match the model input, or set "
+                                    "--imgsz")
+                out[row].copy_(got)
+        if self._stream is not None:   # the whole device: nvJPEG may use streams of its own
             self._torch.cuda.synchronize(self.device)
         return out
 
+    def next(self, batch: int | None = None):
+        """The next batch as a device tensor [batch, C, H, W] (``dtype``), ready to read.  Valid
+        until the call after next (its buffer is then refilled); copy it to keep it."""
+        if batch is not None and batch != self.batch_size:
+            raise ValueError(f"this feed makes batches of {self.batch_size}, not {batch}")
+        try:
+            out = self._ahead.result()
+        finally:
+            self._ahead = self._producer.submit(self._produce)
+        return out
+
     def close(self) -> None:
+        """Stop the producer and the readers (work not started is cancelled)."""
+        self._ahead.cancel()
+        self._producer.shutdown(wait=True)
         for futs in self._pending:
             for f in futs:
                 f.cancel()
@@ -262,3 +282,11 @@ class GpuDecodeFeed:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
