@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load op handlers for plugin nodes (xtrt.ops.REGISTRY.register); repeatable")
     p.add_argument("--threads", type=_positive, help="ONNX Runtime intra-op threads")
     p.add_argument("--workers", type=_positive, metavar="N",
-                   help="decode+preprocess threads for the parallel row (default: one per core, "
-                        "at most 8; 1: only today's single-thread figures)")
+                   help="decode+preprocess threads for the feed table's rows (N workers; on "
+                        "CUDA also pinned/async and GPU decode); default: one per core, at most "
+                        "8; 1: only today's single-thread figures")
     p.add_argument("--max-images", type=_positive, default=64, help="photos used at most")
     p.add_argument("--no-trace", dest="trace", action="store_false",
                    help="time without the profiler (no traces, no top ops)")
