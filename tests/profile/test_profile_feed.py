@@ -305,3 +305,37 @@ def test_cuda_rows_that_cannot_run_are_named_not_silent(monkeypatch):
                      "m: the '4 workers + pinned/async' row failed: RuntimeError: CUDA error: an "
                      "illegal memory access"]
     assert mp.feed_line.startswith("1 thread 50.0 img/s (CPU-bound) -> 4 workers 300.0 (x6.00)")
+
+
+@pytest.mark.parametrize("preset", ["letterbox", "resize_crop"])
+def test_same_size_images_are_preprocessed_together(tmp_path, preset):
+    """Images of one size in a batch go through the device preprocessing as one NCHW call; each
+    row still matches the host preprocessing of its own file (BGR, mean and std included)."""
+    from xtrt.config import PreprocessConfig
+    from xtrt.data.images import decode_image
+    from xtrt.data.preprocess import build_preprocess
+    from xtrt.runtime.feed_gpu import GpuDecodeFeed, device_preprocess
+
+    files = _jpegs(tmp_path, n=2)            # 0.jpg (60x80), 1.jpg (70x80), z.png (50x70)
+    cfg = PreprocessConfig(preset=preset, size=[48, 40], crop=[24, 24], color="bgr",
+                           mean=[0.1, 0.2, 0.3], std=[0.5, 0.6, 0.7])
+    pre, host = device_preprocess(cfg, (48, 40)), build_preprocess(cfg, (48, 40))
+    calls = []
+
+    def counting(img, out):
+        calls.append(tuple(img.shape))
+        return pre(img, out)
+
+    shape = (3, 48, 40) if preset == "letterbox" else (3, 24, 24)
+    from PIL import Image
+
+    flipped = tmp_path / "mixed" / "0_flipped.jpg"             # 0.jpg's size, other pixels
+    Image.open(files[0]).transpose(Image.FLIP_LEFT_RIGHT).save(flipped, quality=95)
+    files = [files[0], files[2], flipped, files[1], files[0]]   # three of 60x80, apart
+    with GpuDecodeFeed(files, counting, "x", shape, 5, 2, device="cpu",
+                       decode_jpeg=_pil_decode_jpeg) as feed:
+        x = feed.next().clone().numpy()
+    assert calls[:3] == [(3, 3, 60, 80), (1, 3, 50, 70), (1, 3, 70, 80)]
+    for k, path in enumerate(files):
+        want, _ = host(decode_image(path))
+        assert np.abs(x[k] - want).max() <= 1.01 / 255 / 0.5, f"row {k} ({path.name})"

@@ -52,11 +52,11 @@ def gpu_decode_unavailable(device: str, pre=None) -> str | None:
 
 
 def _finish(img, out, color: str, scale: float, mean, std):
-    """float CHW ``img`` (0..255) -> ``out`` (C, H, W) float: colour order, scale, mean, std."""
+    """float [N,] C, H, W ``img`` (0..255) -> ``out`` float: colour order, scale, mean, std."""
     import torch
 
     if color == "bgr":
-        img = img.flip(0)
+        img = img.flip(-3)
     x = img * scale
     if mean is not None:
         x = x - torch.tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
@@ -67,55 +67,60 @@ def _finish(img, out, color: str, scale: float, mean, std):
 
 
 def _resize(img, nh: int, nw: int):
-    """uint8/float CHW -> float CHW of (nh, nw): bilinear, antialiased when shrinking (as PIL)."""
+    """uint8/float [N,] C, H, W -> float of (nh, nw): bilinear, antialiased when shrinking (as
+    PIL's resize, whose uint8 result the rounding gives)."""
     import torch.nn.functional as F
 
     x = img.float()
     if tuple(x.shape[-2:]) == (nh, nw):
         return x
-    x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False,
-                      antialias=True)[0]
-    return x.clamp_(0, 255).round_()     # PIL's resize gives uint8 pixels
+    batched = x.dim() == 4
+    x = F.interpolate(x if batched else x[None], size=(nh, nw), mode="bilinear",
+                      align_corners=False, antialias=True)
+    return (x if batched else x[0]).clamp_(0, 255).round_()
 
 
 def torch_letterbox(img, size: Sequence[int], out=None, *, pad_value: int = 114,
                     color: str = "rgb", scale: float = 1 / 255.0, mean=None, std=None):
-    """:func:`xtrt.data.preprocess.letterbox` in torch: uint8 CHW ``img`` -> float CHW (into
-    ``out`` when given) on ``img``'s device."""
+    """:func:`xtrt.data.preprocess.letterbox` in torch: uint8 CHW ``img`` (or N images of one
+    size, NCHW) -> float CHW / NCHW (into ``out`` when given) on ``img``'s device."""
     import torch
 
-    h, w = int(img.shape[1]), int(img.shape[2])
+    h, w = int(img.shape[-2]), int(img.shape[-1])
+    lead = tuple(img.shape[:-3])
     th, tw = int(size[0]), int(size[1])
     r = min(th / h, tw / w)
     nh, nw = max(1, round(h * r)), max(1, round(w * r))
     top, left = (th - nh) // 2, (tw - nw) // 2
-    canvas = torch.full((3, th, tw), float(pad_value), dtype=torch.float32, device=img.device)
-    canvas[:, top:top + nh, left:left + nw] = _resize(img, nh, nw)
+    canvas = torch.full((*lead, 3, th, tw), float(pad_value), dtype=torch.float32,
+                        device=img.device)
+    canvas[..., top:top + nh, left:left + nw] = _resize(img, nh, nw)
     if out is None:
-        out = torch.empty((3, th, tw), dtype=torch.float32, device=img.device)
+        out = torch.empty((*lead, 3, th, tw), dtype=torch.float32, device=img.device)
     return _finish(canvas, out, color, scale, mean, std)
 
 
 def torch_resize_crop(img, short_side: int, crop: Sequence[int], out=None, *, color: str = "rgb",
                       scale: float = 1 / 255.0, mean=(0.485, 0.456, 0.406),
                       std=(0.229, 0.224, 0.225)):
-    """:func:`xtrt.data.preprocess.resize_crop` in torch (uint8 CHW -> float CHW)."""
+    """:func:`xtrt.data.preprocess.resize_crop` in torch (uint8 CHW / NCHW -> float)."""
     import torch
 
-    h, w = int(img.shape[1]), int(img.shape[2])
+    h, w = int(img.shape[-2]), int(img.shape[-1])
+    lead = tuple(img.shape[:-3])
     r = short_side / min(h, w)
     nh, nw = max(int(crop[0]), round(h * r)), max(int(crop[1]), round(w * r))
     ch, cw = int(crop[0]), int(crop[1])
     top, left = (nh - ch) // 2, (nw - cw) // 2
-    cropped = _resize(img, nh, nw)[:, top:top + ch, left:left + cw]
+    cropped = _resize(img, nh, nw)[..., top:top + ch, left:left + cw]
     if out is None:
-        out = torch.empty((3, ch, cw), dtype=torch.float32, device=img.device)
+        out = torch.empty((*lead, 3, ch, cw), dtype=torch.float32, device=img.device)
     return _finish(cropped, out, color, scale, mean, std)
 
 
 def device_preprocess(pre, input_hw: tuple[int, int] | None) -> Callable:
-    """A PreprocessConfig (letterbox / resize_crop) -> ``fn(uint8 CHW tensor, out) -> out``, the
-    torch twin of :func:`xtrt.data.preprocess.build_preprocess` with the same defaults."""
+    """A PreprocessConfig (letterbox / resize_crop) -> ``fn(uint8 CHW or NCHW tensor, out) ->
+    out``, the torch twin of :func:`xtrt.data.preprocess.build_preprocess` with the same defaults."""
     if pre.preset == "letterbox":
         size = tuple(pre.size) if pre.size else input_hw
         return lambda img, out: torch_letterbox(img, size, out, pad_value=pre.pad_value,
@@ -241,18 +246,26 @@ class GpuDecodeFeed:
         self._slot = (self._slot + 1) % len(self._out)
         ctx = self._torch.cuda.stream(self._stream) if self._stream is not None else _null()
         with ctx:
-            for row, img in enumerate(self._decode(items)):
+            groups: dict[tuple, list[int]] = {}     # images of one size are preprocessed together
+            imgs = self._decode(items)
+            for row, img in enumerate(imgs):
                 if img.shape[0] == 1:
-                    img = img.expand(3, -1, -1)
-                got = self.device_pre(img, None)
-                if tuple(got.shape) != self.sample_shape:
+                    imgs[row] = img = img.expand(3, -1, -1)
+                groups.setdefault(tuple(img.shape), []).append(row)
+            for rows in groups.values():
+                got = self.device_pre(self._torch.stack([imgs[r] for r in rows]), None)
+                if tuple(got.shape[1:]) != self.sample_shape:
                     from xtrt.errors import DataError
 
-                    raise DataError(f"device preprocessing gives {list(got.shape)} but input "
+                    raise DataError(f"device preprocessing gives {list(got.shape[1:])} but input "
                                     f"{self.input_name!r} takes {list(self.sample_shape)}",
                                     "make preprocess.size/crop match the model input, or set "
                                     "--imgsz")
-                out[row].copy_(got)
+                if len(rows) == rows[-1] - rows[0] + 1:
+                    out[rows[0]:rows[-1] + 1].copy_(got)
+                else:
+                    for k, r in enumerate(rows):
+                        out[r].copy_(got[k])
         if self._stream is not None:   # the whole device: nvJPEG may use streams of its own
             self._torch.cuda.synchronize(self.device)
         return out
