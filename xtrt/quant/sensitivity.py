@@ -203,11 +203,17 @@ def layer_statistics(model, cal, placement, batches: Sequence[dict[str, np.ndarr
     """Per placed layer, on ONNX Runtime over ``batches``: the cosine similarity and noise/signal
     of the layer's output in the exported all-INT8 model against FP32 (error accumulated through
     the graph, as deployed), the FP32 range of its activation input against the calibrated clip
-    (127 x scale), and the range of its weights with the spread of the per-channel maxima."""
+    (127 x scale), and the range of its weights with the spread of the per-channel maxima.
+
+    One session runs both models side by side and returns only scalars: the float64 sums and the
+    ranges are reduced in the graph (:mod:`xtrt.quant.reduce`), not copied out and reduced in
+    numpy.  The reductions also keep ONNX Runtime's level-1 Q/DQ rewrites off the measured tensors,
+    so the INT8 side is the Q/DQ semantics as written (what optimization 'disable' computes)."""
     from onnx import numpy_helper
 
-    from xtrt.model.split import runnable_body, with_outputs
+    from xtrt.model.split import runnable_body
     from xtrt.quant.export import export_qdq
+    from xtrt.quant.reduce import min_max, pair_sums, paired_model
     from xtrt.runtime.session import make_session
 
     body = runnable_body(model)
@@ -216,24 +222,23 @@ def layer_statistics(model, cal, placement, batches: Sequence[dict[str, np.ndarr
     inits = {i.name: i for i in body.graph.initializer}
     outs = list(dict.fromkeys(by_name[n].output[0] for n in layers))
     ins = list(dict.fromkeys(by_name[n].input[0] for n in layers if by_name[n].input[0] not in inits))
-    graph_inputs = {i.name for i in body.graph.input}
-    fp_names = list(dict.fromkeys(outs + [t for t in ins if t not in graph_inputs]))
-    fp = make_session(with_outputs(body, fp_names), device, **session_options(device))
-    q = make_session(with_outputs(export_qdq(body, cal, placement), outs), device,
-                     **session_options(device))
+    # one session: the FP32 body and its all-INT8 export side by side, reduced in the graph
+    q_pre = "xtrt_q/"
+    both = paired_model(body, export_qdq(body, cal, placement), q_pre)
+    sums = pair_sums(both, [(t, q_pre + t) for t in outs])
+    ranges = min_max(both, ins)
+    sess = make_session(both, device, **session_options(device))
+    names = [n for group in sums for n in group] + [n for mm in ranges for n in mm]
     acc = {t: np.zeros(4) for t in outs}                       # dot, |fp|^2, |q|^2, |fp-q|^2
     rng = {t: [np.inf, -np.inf] for t in ins}
     for feeds in batches:
-        vf = dict(zip(fp_names, fp.run(fp_names, feeds)))
-        vf.update({t: feeds[t] for t in ins if t in graph_inputs and t in feeds})
-        vq = dict(zip(outs, q.run(outs, feeds)))
-        for t in outs:
-            a, b = vf[t].astype(np.float64).ravel(), vq[t].astype(np.float64).ravel()
-            acc[t] += (a @ b, a @ a, b @ b, np.sum(np.square(a - b)))
-        for t in ins:
-            if t in vf:
-                rng[t][0] = min(rng[t][0], float(vf[t].min()))
-                rng[t][1] = max(rng[t][1], float(vf[t].max()))
+        got = dict(zip(names, sess.run(names, feeds)))
+        for t, group in zip(outs, sums):
+            acc[t] += [float(got[n]) for n in group]
+        for t, (lo, hi) in zip(ins, ranges):
+            rng[t][0] = min(rng[t][0], float(got[lo]))
+            rng[t][1] = max(rng[t][1], float(got[hi]))
+    del sess
     res: dict[str, dict] = {}
     for name in layers:
         node = by_name[name]

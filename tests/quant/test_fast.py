@@ -1,0 +1,83 @@
+"""Fixed costs a whole run no longer pays (issue 13 item 2): each test counts the sessions built
+and the bytes fetched through a fake, and checks the figures against the way they were computed
+before (host-side numpy on fetched tensors)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_classifier
+from xtrt.runtime.session import make_session
+
+
+def _outlier_calibrated(tmp_path, *, seed: int = 0, n: int = 3):
+    import xtrt.backend.ppq as ppq_backend
+    from xtrt.model.load import load_model
+    from xtrt.model.prepare import prepare_model
+    from xtrt.quant.placement import plan_placement
+
+    pm = prepare_model(load_model(make_classifier(tmp_path / "m.onnx", outlier_channel=True)),
+                       [2, 3, 32, 32])
+    rng = np.random.default_rng(seed)
+    batches = [{"input": rng.random((2, 3, 32, 32), dtype=np.float32)} for _ in range(n)]
+    return pm, plan_placement(pm.model), ppq_backend.calibrate(pm.model, batches,
+                                                               method="minmax"), batches
+
+
+class _Sessions:
+    """Sessions built and the largest array fetched, through xtrt's make_session."""
+
+    def __init__(self, monkeypatch, *modules):
+        self.built = 0
+        self.largest = 0
+
+        def counting(model, device="cpu", **kw):
+            sess = make_session(model, device, **kw)
+            self.built += 1
+            real_run = sess.run
+
+            def run(names, feeds, *a, **k):
+                outs = real_run(names, feeds, *a, **k)
+                self.largest = max([self.largest, *(np.asarray(o).size for o in outs)])
+                return outs
+            sess.run = run
+            return sess
+
+        import xtrt.runtime.session as session_mod
+        monkeypatch.setattr(session_mod, "make_session", counting)
+
+
+def _host_statistics(body, cal, placement, batches, opt="auto"):
+    """layer_statistics' figures the way it computed them before: two sessions, every layer
+    output fetched, reduced in float64 numpy (``opt``: ORT's optimization level; at 'basic' ORT
+    rewrites the outlier model's Q/DQ and its conv2 figures move by 2 %)."""
+    from xtrt.model.split import with_outputs
+    from xtrt.quant.export import export_qdq
+
+    nodes = {n.name: n for n in body.graph.node}
+    outs = [nodes[n].output[0] for n in placement.quantize]
+    fp = make_session(with_outputs(body, outs), optimization=opt)
+    q = make_session(with_outputs(export_qdq(body, cal, placement), outs), optimization=opt)
+    acc = {t: np.zeros(4) for t in outs}
+    for feeds in batches:
+        for t, a, b in zip(outs, fp.run(outs, feeds), q.run(outs, feeds)):
+            a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+            acc[t] += (a @ b, a @ a, b @ b, np.sum(np.square(a - b)))
+    return {n: acc[nodes[n].output[0]] for n in placement.quantize}
+
+
+def test_layer_statistics_is_one_session_of_scalars(tmp_path, monkeypatch):
+    """The FP32 body and its Q/DQ export run side by side in one session that returns only
+    scalars (sums and ranges reduced in the graph); the figures are the host-side ones."""
+    from xtrt.quant.sensitivity import layer_statistics
+
+    pm, pl, cal, batches = _outlier_calibrated(tmp_path)
+    host = _host_statistics(pm.body, cal, pl, batches, "disable")
+    counts = _Sessions(monkeypatch)
+    got = layer_statistics(pm.body, cal, pl, batches)
+    assert counts.built == 1 and counts.largest == 1
+    for name, (dot, ff, qq, err) in host.items():
+        assert got[name]["cosine"] == pytest.approx(dot / np.sqrt(ff * qq), rel=1e-9), name
+        assert got[name]["noise_ratio_ort"] == pytest.approx(err / ff, rel=1e-9), name
+    x = np.concatenate([b["input"] for b in batches])
+    assert got["conv1"]["act_min"] == float(x.min()) and got["conv1"]["act_max"] == float(x.max())
