@@ -81,3 +81,42 @@ def test_layer_statistics_is_one_session_of_scalars(tmp_path, monkeypatch):
         assert got[name]["noise_ratio_ort"] == pytest.approx(err / ff, rel=1e-9), name
     x = np.concatenate([b["input"] for b in batches])
     assert got["conv1"]["act_min"] == float(x.min()) and got["conv1"]["act_max"] == float(x.max())
+
+
+def test_layerwise_keeps_tensors_in_the_session(tmp_path, monkeypatch):
+    """The layer-wise analysis binds the cached FP32 tensors and references (no plain run that
+    copies them in and out) and brings back one scalar per output and forward; its figures are
+    those of whole Q/DQ models with only that layer placed."""
+    import onnxruntime as ort
+
+    from xtrt.quant.export import export_qdq
+    from xtrt.quant.placement import Placement
+    from xtrt.quant.sensitivity import layerwise_sensitivity
+
+    pm, pl, cal, batches = _outlier_calibrated(tmp_path, seed=1)
+    ref = make_session(pm.body)
+    refs = [ref.run(None, b)[0].astype(np.float64) for b in batches]
+    want = {}
+    for layer in pl.quantize:
+        sess = make_session(export_qdq(pm.body, cal, Placement(quantize=[layer])),
+                            optimization="disable")
+        want[layer] = sum(float(np.sum(np.square(sess.run(None, b)[0] - r)))
+                          for b, r in zip(batches, refs)) / sum(float(np.sum(r * r)) for r in refs)
+    plain, sizes = [], []
+    real_run, real_numpy = ort.InferenceSession.run, ort.OrtValue.numpy
+
+    def run(self, *a, **k):
+        plain.append(1)
+        return real_run(self, *a, **k)
+
+    def numpy(self):
+        arr = real_numpy(self)
+        sizes.append(arr.size)
+        return arr
+    monkeypatch.setattr(ort.InferenceSession, "run", run)
+    monkeypatch.setattr(ort.OrtValue, "numpy", numpy)
+    got = layerwise_sensitivity(pm.body, cal, pl, batches, segments=2)
+    assert not plain and sizes and max(sizes) == 1
+    assert len(sizes) == len(batches) * (1 + len(pl.quantize))   # signal + one noise a forward
+    for layer, v in want.items():
+        assert got[layer] == pytest.approx(v, rel=1e-3), layer

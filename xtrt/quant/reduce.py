@@ -8,13 +8,14 @@ prefixed) and appends reduction nodes, so one session and one forward per batch 
 
 - :func:`pair_sums`: per tensor pair ``(a, b)``, ``sum a*b``, ``sum a*a``, ``sum b*b``,
   ``sum (a-b)^2`` in float64 (the casts are in the graph; the same float64 sums the host took);
-- :func:`min_max`: per tensor, its min and max (exact in any order).
+- :func:`min_max`: per tensor, its min and max (exact in any order);
+- :func:`square_sums`: float64 sums of squares, or of squared differences (output noise).
 """
 from __future__ import annotations
 
 from typing import Sequence
 
-__all__ = ["PAIR_SUMS", "min_max", "pair_sums", "paired_model"]
+__all__ = ["PAIR_SUMS", "min_max", "pair_sums", "paired_model", "square_sums"]
 
 #: The four sums :func:`pair_sums` writes per pair, in this order.
 PAIR_SUMS = ("dot", "aa", "bb", "err")
@@ -100,4 +101,28 @@ def min_max(model, tensors: Sequence[str], tag: str = "xtrt_mm") -> list[tuple[s
         _out(model, lo)
         _out(model, hi)
         names.append((lo, hi))
+    return names
+
+
+def square_sums(model, pairs: Sequence[tuple[str, str | None]], tag: str = "xtrt_sq") -> list[str]:
+    """Append to ``model`` (in place), per ``(a, b)``, the float64 ``sum (a-b)^2`` (``b`` None:
+    ``sum a^2``); returns the scalar output names."""
+    from onnx import TensorProto, helper
+
+    names = []
+    for i, (a, b) in enumerate(pairs):
+        p = f"{tag}{i}_"
+        x = p + "a64"
+        nodes = [helper.make_node("Cast", [a], [x], name=p + "cast_a", to=TensorProto.DOUBLE)]
+        if b is not None:
+            nodes += [helper.make_node("Cast", [b], [p + "b64"], name=p + "cast_b",
+                                       to=TensorProto.DOUBLE),
+                      helper.make_node("Sub", [x, p + "b64"], [p + "diff"], name=p + "sub")]
+            x = p + "diff"
+        nodes += [helper.make_node("Mul", [x, x], [p + "sq"], name=p + "sq"),
+                  helper.make_node("ReduceSum", [p + "sq"], [p + "sum"], name=p + "sum",
+                                   keepdims=0)]
+        model.graph.node.extend(nodes)
+        _out(model, p + "sum")
+        names.append(p + "sum")
     return names
