@@ -120,3 +120,52 @@ def test_layerwise_keeps_tensors_in_the_session(tmp_path, monkeypatch):
     assert len(sizes) == len(batches) * (1 + len(pl.quantize))   # signal + one noise a forward
     for layer, v in want.items():
         assert got[layer] == pytest.approx(v, rel=1e-3), layer
+
+
+def test_worst_layer_values_is_one_session(tmp_path, monkeypatch):
+    """The scatter plot's FP32 and INT8 values come from one session running both models; they
+    are what each model gives alone (to float32 rounding)."""
+    from types import SimpleNamespace
+
+    from xtrt.model.split import with_outputs
+    from xtrt.quant.analyse import worst_layer_values
+    from xtrt.quant.export import export_qdq
+
+    pm, pl, cal, batches = _outlier_calibrated(tmp_path)
+    qm = export_qdq(pm.model, cal, pl)
+    want = [np.concatenate([make_session(with_outputs(m, ["c2"])).run(["c2"], b)[0].ravel()
+                            for b in batches]) for m in (pm.model, qm)]
+    counts = _Sessions(monkeypatch)
+    ref, test, title = worst_layer_values(pm, qm, "conv2", [SimpleNamespace(feeds=b)
+                                                            for b in batches], "cpu")
+    assert counts.built == 1 and title == "conv2 output (Conv)"
+    # the FP32 side runs at ORT's 'basic' level now ('all' alone): float32 rounding apart
+    np.testing.assert_allclose(ref, want[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(test, want[1], rtol=1e-5, atol=1e-6)
+
+
+def test_graphwise_noise_needs_no_ppq_pass(tmp_path, monkeypatch):
+    """By default (analysis.graphwise_engine: ort) the graph-wise noise is the per-layer
+    statistics' ONNX Runtime figure: PPQ's graph-wise pass does not run."""
+    import json
+
+    import xtrt.backend.ppq as ppq_backend
+    from tests.conftest import make_images, write_config
+    from xtrt.cli import run_main
+    from xtrt.quant.__main__ import main
+
+    def refuse(*a, **k):
+        raise AssertionError("PPQ's graph-wise pass ran")
+    monkeypatch.setattr(ppq_backend, "graphwise_error", refuse)
+    make_classifier(tmp_path / "m.onnx", outlier_channel=True)
+    make_images(tmp_path / "images", n=12)
+    cfg = write_config(tmp_path / "c.yaml", model="m.onnx", output_dir="out",
+                       input={"shape": [2, 3, 32, 32]},
+                       preprocess={"preset": "resize_crop", "short_side": 32, "crop": [32, 32]},
+                       calibration={"data": "images", "steps": 2, "batch_size": 2,
+                                    "method": "minmax"},
+                       evaluation={"count": 8, "batch_size": 4}, analysis={"analysis_steps": 2})
+    assert run_main(main, ["--config", str(cfg), "-q"]) == 0
+    rows = json.loads((tmp_path / "out" / "report.json").read_text())["layers"]
+    assert rows and all(r["noise_ratio"] == r["noise_ratio_ort"] for r in rows)
+    assert {r["name"] for r in rows} == {"conv1", "conv2", "gap", "fc"}
