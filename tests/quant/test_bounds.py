@@ -50,3 +50,35 @@ def test_unknown_ops_and_graph_inputs_have_no_bound():
     bound = magnitude_bounds(m)
     assert bound.get("x", np.inf) == np.inf and bound["y"] == np.inf
     assert np.isfinite(bound["c2"])
+
+
+def _softmax_conv(w: np.ndarray, pads=(0, 0, 0, 0), axis: int = 1):
+    from onnx import TensorProto, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, w.shape[1], 5, 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    g = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["p"], name="softmax", axis=axis),
+         helper.make_node("Conv", ["p", "w"], ["y"], name="conv", pads=list(pads))],
+        "softmax_conv", [x], [y], [numpy_helper.from_array(w.astype(np.float32), "w")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_conv_of_a_channel_softmax_is_bounded_by_its_largest_weight():
+    """YOLOv8's DFL (Softmax over 16 bins, then a 1x1 conv with weights 0..15): at most 15, where
+    sum |w| gives 120; with a 3x3 kernel and padding the bound (sum over kernel positions of
+    max |w| over channels) still holds on measured values.  Over another axis: no such rule."""
+    from xtrt.runtime.session import make_session
+
+    dfl = np.arange(16, dtype=np.float32).reshape(1, 16, 1, 1)
+    assert magnitude_bounds(_softmax_conv(dfl))["y"] == pytest.approx(15.0)
+    assert magnitude_bounds(_softmax_conv(dfl, axis=2))["y"] == pytest.approx(120.0)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 8, 3, 3)).astype(np.float32)
+    m = _softmax_conv(w, pads=(1, 1, 1, 1))
+    bound = magnitude_bounds(m)["y"]
+    assert bound < np.abs(w).reshape(3, -1).sum(axis=1).max()
+    sess = make_session(m)
+    for scale in (0.1, 5.0, 100.0):        # flat to one-hot probabilities
+        x = (rng.standard_normal((2, 8, 5, 6)) * scale).astype(np.float32)
+        assert np.abs(sess.run(None, {"x": x})[0]).max() <= bound * (1 + 1e-5)
