@@ -169,3 +169,15 @@ def test_graphwise_noise_needs_no_ppq_pass(tmp_path, monkeypatch):
     rows = json.loads((tmp_path / "out" / "report.json").read_text())["layers"]
     assert rows and all(r["noise_ratio"] == r["noise_ratio_ort"] for r in rows)
     assert {r["name"] for r in rows} == {"conv1", "conv2", "gap", "fc"}
+
+
+def test_prepare_checks_the_other_batch_on_its_own_session(tmp_path, monkeypatch):
+    """Preparing a dynamic-batch model builds two CPU sessions (original, prepared): the run at
+    another batch reuses the prepared model's."""
+    from xtrt.model.load import load_model
+    from xtrt.model.prepare import prepare_model
+
+    counts = _Sessions(monkeypatch)
+    pm = prepare_model(load_model(make_classifier(tmp_path / "m.onnx")), [2, 3, 32, 32])
+    assert pm.dynamic_batch and any(s.startswith("runs at batch 2") for s in pm.steps)
+    assert counts.built == 2
