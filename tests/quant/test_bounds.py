@@ -37,7 +37,7 @@ def test_skipping_the_bounded_tensors_keeps_the_fp16_keep_list(monkeypatch):
     assert "c2" in below and "y" not in below               # 1e5 x the conv: may overflow
     batches = _feeds(m, scale=2.0)
     _, fast = precision.apply_float_precision(m, "fp16", batches)
-    monkeypatch.setattr("xtrt.quant.bounds.provably_below", lambda model, safe: set())
+    monkeypatch.setattr("xtrt.quant.bounds.provably_below", lambda model, safe, *a: set())
     _, full = precision.apply_float_precision(m, "fp16", batches)
     assert fast["kept_fp32"] == full["kept_fp32"] and list(full["kept_fp32"]) == ["scale_up"]
 
@@ -82,3 +82,38 @@ def test_conv_of_a_channel_softmax_is_bounded_by_its_largest_weight():
     for scale in (0.1, 5.0, 100.0):        # flat to one-hot probabilities
         x = (rng.standard_normal((2, 8, 5, 6)) * scale).astype(np.float32)
         assert np.abs(sess.run(None, {"x": x})[0]).max() <= bound * (1 + 1e-5)
+
+
+def _float_conv_on_input():
+    from onnx import TensorProto, numpy_helper
+
+    w = np.random.default_rng(3).standard_normal((4, 3, 1, 1)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["h"], name="conv"),
+         helper.make_node("Relu", ["h"], ["y"], name="relu")], "float_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_the_fed_inputs_bound_what_reads_them(monkeypatch):
+    """The largest |x| of the batches measured bounds the graph input, so a float layer reading
+    it is bounded too: on small inputs no tensor is left to measure and no session is built; on
+    inputs beyond the safe range the measurement runs and gives the full figures."""
+    import xtrt.runtime.session as session_mod
+
+    m = _float_conv_on_input()
+    assert not {"h", "y"} & provably_below(m, FP16_SAFE)
+    small, huge = _feeds(m, scale=2.0), _feeds(m, scale=1e5)
+    amax_in = max(float(np.abs(b["x"]).max()) for b in small)
+    assert {"h", "y"} <= provably_below(m, FP16_SAFE, {"x": amax_in})
+    built = []
+    real = session_mod.make_session
+    monkeypatch.setattr(session_mod, "make_session",
+                        lambda *a, **k: built.append(1) or real(*a, **k))
+    assert precision.activation_amax(m, small, skip_below=FP16_SAFE) == {}
+    assert not built
+    got = precision.activation_amax(m, huge, skip_below=FP16_SAFE)
+    full = precision.activation_amax(m, huge)
+    assert built and got == full and max(full.values()) > FP16_SAFE

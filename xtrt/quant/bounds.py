@@ -172,12 +172,14 @@ def _node_bound(node, b: Callable[[str], float], arrays, vals) -> float:
     return _INF
 
 
-def magnitude_bounds(model) -> dict[str, float]:
+def magnitude_bounds(model, inputs: dict[str, float] | None = None) -> dict[str, float]:
     """Tensor -> an upper bound on max |x| over any input (inf where none is known); graph inputs
-    are unbounded, constants exact, the rest by :func:`_node_bound` in graph order."""
+    are unbounded unless ``inputs`` gives their max |x| (the batches a measurement would run),
+    constants exact, the rest by :func:`_node_bound` in graph order."""
     vals = _const_values(model)
     bound: dict[str, float] = {k: _amax(v) if np.issubdtype(v.dtype, np.number) else _INF
                                for k, v in vals.items()}
+    bound.update({k: float(v) for k, v in (inputs or {}).items() if k not in vals})
     dense: dict[str, np.ndarray | None] = {}
 
     def arrays(name: str):
@@ -206,6 +208,7 @@ def magnitude_bounds(model) -> dict[str, float]:
     return bound
 
 
-def provably_below(model, safe: float) -> set[str]:
-    """Float tensors whose magnitude bound (with :data:`MARGIN`) stays at or below ``safe``."""
-    return {k for k, v in magnitude_bounds(model).items() if v * MARGIN <= safe}
+def provably_below(model, safe: float, inputs: dict[str, float] | None = None) -> set[str]:
+    """Float tensors whose magnitude bound (with :data:`MARGIN`) stays at or below ``safe``
+    (``inputs``: see :func:`magnitude_bounds`)."""
+    return {k for k, v in magnitude_bounds(model, inputs).items() if v * MARGIN <= safe}
