@@ -31,6 +31,7 @@ python3 -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'o
 
 step() { echo; echo "=== $1 ($(date +%T))"; }
 PART=${1:-all}     # all | quant (tests, quant, calibration speed) | whole | profile | techniques | wholeprof
+                   # | wholecounts (ORT sessions / forwards per stage of the whole run)
                    # | accuracy-lsq | accuracy-adaround | accuracy-adaround-yolo (issue 14; each < 10 min)
                    # | feed (issue 13 item 3: the feed table; about 3 minutes)
 
@@ -75,6 +76,20 @@ fi
 
 if [ "$PART" = whole ]; then
 whole_run
+fi
+
+# ORT sessions built (and the seconds building them), forwards run, per stage of the same whole
+# run (benchmarks/whole_run_counts.py; about 1 minute): on CUDA a session costs a fixed ~0.3 s
+if [ "$PART" = wholecounts ]; then
+QIMAGES=$IMAGES
+if [ "$(ls "$IMAGES" | wc -l)" -lt 147 ]; then
+  QIMAGES=$RUN/photos
+  python3 benchmarks/gpu_photos.py "$IMAGES" "$QIMAGES" 147
+fi
+step "whole run's ORT sessions and forwards per stage on $DEVICE"
+rm -rf "$RUN/quantcounts"
+python3 benchmarks/whole_run_counts.py "$QIMAGES" "$RUN/quantcounts" --device "$DEVICE" \
+  --json "$OUT/whole_counts.json" ${WHOLE_ARGS:-} 2>&1 | grep -v '^\[xtrt\]' | tail -20
 fi
 
 if [ "$PART" = wholeprof ]; then

@@ -156,6 +156,10 @@ class TargetConfig:
 @dataclass
 class AnalysisConfig:
     graphwise: bool = True
+    # graph-wise noise per layer (error accumulated through the graph, all layers INT8): ort: the
+    # exported Q/DQ model against FP32 on ONNX Runtime (the per-layer statistics' pass, no pass of
+    # its own); ppq: PPQ's graphwise_error_analyse on its torch executor (a pass of its own)
+    graphwise_engine: Literal["ort", "ppq"] = "ort"
     layerwise: bool = False
     # build the written model with the TensorRT-RTX builder (when installed) and report the
     # engine's structure: Int8 convolutions, Float layers outside them (not TensorRT 10, no latency)

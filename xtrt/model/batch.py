@@ -93,8 +93,9 @@ def unbake_batch(model, batch: str) -> list[str]:
 
 
 def check_batch_runs(model, input_name: str, shape: Sequence[int],
-                     others: dict | None = None) -> int:
+                     others: dict | None = None, *, session=None) -> int:
     """Run ``model`` on ONNX Runtime at a batch other than ``shape[0]``; returns that batch.
+    ``session``: a CPU session of ``model`` already built (no second one).
 
     Raises ModelError with ONNX Runtime's whole message when it does not run there."""
     from xtrt.model.inputs import random_feeds
@@ -103,7 +104,7 @@ def check_batch_runs(model, input_name: str, shape: Sequence[int],
     other = 2 if int(shape[0]) == 1 else 1
     feeds = random_feeds(input_name, shape, others or {}, batch=other, seed=1)
     try:
-        sess = make_session(model, "cpu")
+        sess = session if session is not None else make_session(model, "cpu")
         sess.run(None, feeds)
     except Exception as exc:
         raise ModelError(

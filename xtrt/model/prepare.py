@@ -158,7 +158,8 @@ def _split(model):
     return split_mod.split_model(model)
 
 
-def _ort_check(original, prepared, feeds: dict[str, np.ndarray]) -> float:
+def _ort_check(original, prepared, feeds: dict[str, np.ndarray]) -> tuple[float, object]:
+    """``(max abs diff, the prepared model's CPU session)``: the two models on ``feeds``."""
     from xtrt.runtime.session import make_session
 
     a = make_session(original, "cpu")
@@ -180,7 +181,7 @@ def _ort_check(original, prepared, feeds: dict[str, np.ndarray]) -> float:
                                  f"(max abs diff {diff:.3g})",
                                  "report this model to xtrt; meanwhile re-export it at opset 13")
             worst = max(worst, diff)
-    return worst
+    return worst, b
 
 
 def prepare_model(source, input_shape: Sequence[int] | None = None, input_name: str | None = None,
@@ -241,10 +242,10 @@ def prepare_model(source, input_shape: Sequence[int] | None = None, input_name: 
             # a dynamic batch: compare at batch 1 (the full calibration batch made this check
             # 8.5 s of a YOLOv8n 640 batch-8 run on 16 cores); check_batch_runs adds batch 2
             check_shape[0] = 1
-        diff = _ort_check(ref, body, random_feeds(input_name, check_shape, others))
+        diff, sess = _ort_check(ref, body, random_feeds(input_name, check_shape, others))
         steps.append(f"ORT check vs original (batch {check_shape[0]}): max abs diff {diff:.3g}")
         if isinstance(batch_dim, str):
-            other = check_batch_runs(body, input_name, check_shape, others)
+            other = check_batch_runs(body, input_name, check_shape, others, session=sess)
             steps.append(f"runs at batch {other} too (batch {batch_dim} stays dynamic)")
 
     full = body

@@ -1,4 +1,4 @@
-"""Analysis stage: where INT8 hurts.  Graph-wise noise (PPQ), layer-wise noise with one layer in
+"""Analysis stage: where INT8 hurts.  Graph-wise noise (ONNX Runtime, or PPQ), layer-wise noise with one layer in
 INT8 (ONNX Runtime from cached cuts, or PPQ), per-layer cosine and ranges on the exported model,
 and the worst layer's activations for the scatter plot.  Runs on the first few calibration batches
 (``analysis.analysis_steps`` / ``layerwise_steps``), so its cost does not grow with the data."""
@@ -47,7 +47,7 @@ def analyse(cfg, prepared, calibrated, source, *, need_layerwise: bool,
     ana_batches = head[:a.analysis_steps]
     graphwise = ppq_backend.graphwise_error(cal, ana_batches, device=cfg.device,
                                             steps=a.analysis_steps, progress=progress) \
-        if a.graphwise else {}
+        if a.graphwise and a.graphwise_engine == "ppq" else {}
     layerwise: dict[str, float] = {}
     if need_layerwise:
         if a.layerwise_engine == "ort":
@@ -62,6 +62,9 @@ def analyse(cfg, prepared, calibrated, source, *, need_layerwise: bool,
     if a.graphwise:
         from xtrt.quant.sensitivity import layer_statistics
         per_layer = layer_statistics(prepared.body, cal, placement, ana_batches, device=cfg.device)
+        if a.graphwise_engine == "ort":     # the same noise, on the exported model, already summed
+            graphwise = {k: r["noise_ratio_ort"] for k, r in per_layer.items()
+                         if r.get("noise_ratio_ort") is not None}
     op_types = {n.name: n.op_type for n in prepared.model.graph.node}
     names = list(dict.fromkeys([*graphwise, *per_layer, *layerwise]))
     layers = sorted(({"name": k, "op_type": op_types.get(k, "?"), "noise_ratio": graphwise.get(k),
@@ -72,19 +75,23 @@ def analyse(cfg, prepared, calibrated, source, *, need_layerwise: bool,
 
 def worst_layer_values(prepared, qmodel, layer: str | None, batches, device: str):
     """``(ref, test, title)``: the FP32 and INT8 values of ``layer``'s output on ``batches``
-    (for the scatter plot), or None."""
-    from xtrt.model.split import runnable_body, with_outputs
+    (for the scatter plot), or None; both models run side by side in one session
+    (:func:`xtrt.quant.reduce.paired_model`)."""
+    from onnx import helper
+
+    from xtrt.model.split import runnable_body
+    from xtrt.quant.reduce import paired_model
     from xtrt.quant.reuse import session_options
     from xtrt.runtime.session import make_session
 
     node = next((n for n in prepared.model.graph.node if n.name == layer), None)
     if node is None or not batches:
         return None
-    out = node.output[0]
-
-    def values(model):
-        sess = make_session(with_outputs(runnable_body(model), [out]), device,
-                            **session_options(device))
-        return np.concatenate([sess.run([out], b.feeds)[0].reshape(-1) for b in batches])
-
-    return values(prepared.model), values(qmodel), f"{layer} output ({node.op_type})"
+    out, q_out = node.output[0], "xtrt_q/" + node.output[0]
+    both = paired_model(runnable_body(prepared.model), runnable_body(qmodel), "xtrt_q/")
+    both.graph.output.extend([helper.make_empty_tensor_value_info(out),
+                              helper.make_empty_tensor_value_info(q_out)])
+    sess = make_session(both, device, **session_options(device))
+    got = [sess.run([out, q_out], b.feeds) for b in batches]
+    return (np.concatenate([g[0].reshape(-1) for g in got]),
+            np.concatenate([g[1].reshape(-1) for g in got]), f"{layer} output ({node.op_type})")

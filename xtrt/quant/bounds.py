@@ -96,6 +96,23 @@ def _conv_bound(node, b, arrays) -> float:
     return float(np.max(per_oc)) if per_oc.size else 0.0
 
 
+def _simplex_conv_bound(node, arrays) -> float:
+    """|Conv| of a probability vector over its input channels (a Softmax over axis 1: p >= 0,
+    sum 1 at every position; zero padding only lowers the sums): at each kernel position the
+    channel sum is a convex combination, at most max_ic |w| (sum p <= 1 suffices); per output channel
+    sum over kernel positions of max_ic |w| + |b|.  YOLOv8's DFL: 15 where sum |w| gives 120."""
+    w = arrays(node.input[1]) if len(node.input) > 1 else None
+    if w is None or w.ndim < 3:
+        return _INF
+    per_oc = np.abs(w).max(axis=1).reshape(w.shape[0], -1).sum(axis=1)
+    if len(node.input) > 2 and node.input[2]:
+        bias = arrays(node.input[2])
+        if bias is None:
+            return _INF
+        per_oc = per_oc + np.abs(bias.reshape(-1))
+    return float(np.max(per_oc)) if per_oc.size else 0.0
+
+
 def _gemm_bound(node, b, arrays) -> float:
     w = arrays(node.input[1])
     if w is None or w.ndim != 2:
@@ -155,12 +172,14 @@ def _node_bound(node, b: Callable[[str], float], arrays, vals) -> float:
     return _INF
 
 
-def magnitude_bounds(model) -> dict[str, float]:
+def magnitude_bounds(model, inputs: dict[str, float] | None = None) -> dict[str, float]:
     """Tensor -> an upper bound on max |x| over any input (inf where none is known); graph inputs
-    are unbounded, constants exact, the rest by :func:`_node_bound` in graph order."""
+    are unbounded unless ``inputs`` gives their max |x| (the batches a measurement would run),
+    constants exact, the rest by :func:`_node_bound` in graph order."""
     vals = _const_values(model)
     bound: dict[str, float] = {k: _amax(v) if np.issubdtype(v.dtype, np.number) else _INF
                                for k, v in vals.items()}
+    bound.update({k: float(v) for k, v in (inputs or {}).items() if k not in vals})
     dense: dict[str, np.ndarray | None] = {}
 
     def arrays(name: str):
@@ -172,18 +191,24 @@ def magnitude_bounds(model) -> dict[str, float]:
     def b(name: str) -> float:
         return bound.get(name, _INF)
 
+    simplex: set[str] = set()       # Softmax over axis 1: a probability vector per position
     for node in model.graph.node:
         if node.op_type == "Constant":
             continue
         if node.op_type == "DequantizeLinear":
             dense[node.output[0]] = _dequantized(node, vals)
+        if node.op_type == "Softmax" and _attr(node, "axis", -1) == 1:
+            simplex.add(node.output[0])
         v = _node_bound(node, b, arrays, vals)
+        if node.op_type == "Conv" and node.input[0] in simplex and int(_attr(node, "group", 1)) == 1:
+            v = min(v, _simplex_conv_bound(node, arrays))
         for o in node.output:
             if o:
                 bound[o] = v if not math.isnan(v) else _INF
     return bound
 
 
-def provably_below(model, safe: float) -> set[str]:
-    """Float tensors whose magnitude bound (with :data:`MARGIN`) stays at or below ``safe``."""
-    return {k for k, v in magnitude_bounds(model).items() if v * MARGIN <= safe}
+def provably_below(model, safe: float, inputs: dict[str, float] | None = None) -> set[str]:
+    """Float tensors whose magnitude bound (with :data:`MARGIN`) stays at or below ``safe``
+    (``inputs``: see :func:`magnitude_bounds`)."""
+    return {k for k, v in magnitude_bounds(model, inputs).items() if v * MARGIN <= safe}

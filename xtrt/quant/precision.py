@@ -16,8 +16,10 @@ log = logging.getLogger(__name__)
 def activation_amax(model, batches: Sequence[dict[str, np.ndarray]], *,
                     device: str = "cpu", skip_below: float | None = None) -> dict[str, float]:
     """Float tensor -> max |x| over ``batches``, on ONNX Runtime (the body before any plugin).
-    ``skip_below``: leave out the tensors whose magnitude is provably at most that
-    (:func:`xtrt.quant.bounds.provably_below`), so only the others are run and copied."""
+    ``skip_below``: leave out the tensors whose magnitude is provably at most that on these
+    batches (:func:`xtrt.quant.bounds.provably_below`, from the graph and the largest |x| of each
+    float graph input in ``batches``), so only the others are run and copied; no session at all
+    when none is left."""
     from xtrt.model.split import runnable_body, with_outputs
     from xtrt.quant.fp16 import _elem_types
     from xtrt.quant.reuse import session_options
@@ -32,7 +34,14 @@ def activation_amax(model, batches: Sequence[dict[str, np.ndarray]], *,
     if skip_below is not None:
         from xtrt.quant.bounds import provably_below
 
-        bounded = provably_below(body, skip_below)
+        batches = list(batches)
+        feeds_amax = {}
+        for feeds in batches:
+            for k, v in feeds.items():
+                if np.issubdtype(np.asarray(v).dtype, np.floating) and np.size(v):
+                    m = max(float(np.max(v)), -float(np.min(v)))
+                    feeds_amax[k] = max(feeds_amax.get(k, 0.0), m)
+        bounded = provably_below(body, skip_below, feeds_amax)
         names = [n for n in names if n not in bounded]
     if not names:
         return {}

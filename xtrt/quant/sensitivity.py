@@ -95,11 +95,13 @@ def layerwise_sensitivity(model, cal, placement, batches: Sequence[dict[str, np.
     Everything upstream of a layer is the same as in FP32, so it is computed once: one FP32 run
     caches the tensors that cross into each of ``segments`` suffixes of the graph (cut in front
     of equal shares of the layers), and each layer's run starts at its segment's cut, in a
-    suffix model that carries Q/DQ switches for that segment's layers only.
+    suffix model that carries Q/DQ switches for that segment's layers only.  The cached tensors
+    and the FP32 outputs stay where the session left them (ONNX Runtime values on ``device``,
+    bound, not copied back and forth), and each suffix reduces its own output noise in the graph
+    (float64 sums of squared differences): a forward returns one scalar per output.
     """
-    from xtrt.model.split import runnable_body, with_outputs
+    from xtrt.model.split import runnable_body
     from xtrt.quant.placement import Placement
-    from xtrt.runtime.session import make_session
 
     body = runnable_body(model)
     nodes = list(body.graph.node)
@@ -110,26 +112,12 @@ def layerwise_sensitivity(model, cal, placement, batches: Sequence[dict[str, np.
     if not todo:
         return {}
     k = max(1, min(int(segments), len(todo)))
-    groups = [g for g in np.array_split(np.array(todo, dtype=object), k) if len(g)]
-    groups = [[str(x) for x in g] for g in groups]
+    groups = [[str(x) for x in g] for g in np.array_split(np.array(todo, dtype=object), k) if len(g)]
     cuts = [index[g[0]] for g in groups]
     inits = {i.name for i in body.graph.initializer}
-    graph_inputs = [i.name for i in body.graph.input if i.name not in inits]
     out_names = [o.name for o in body.graph.output]
     crossing = [_crossing(nodes, p, inits) for p in cuts]
-    wanted = list(dict.fromkeys(t for c in crossing for t in c if t not in graph_inputs))
-
-    ref_sess = make_session(with_outputs(body, out_names + [t for t in wanted if t not in out_names]),
-                            device, **session_options(device))
-    names = [o.name for o in ref_sess.get_outputs()]
-    refs, cache = [], []
-    for b in batches:
-        vals = dict(zip(names, ref_sess.run(names, b)))
-        vals.update({n: b[n] for n in graph_inputs})
-        refs.append([vals[o] for o in out_names])
-        cache.append(vals)
-    del ref_sess
-    signal = sum(float(sum(np.sum(np.square(o.astype(np.float64))) for o in r)) for r in refs)
+    cache, signal = _fp32_cache(body, crossing, batches, device)
 
     bar = None
     if progress:
@@ -140,25 +128,91 @@ def layerwise_sensitivity(model, cal, placement, batches: Sequence[dict[str, np.
         suffix = _suffix_model(body, p, cross, cache[0], out_names)
         sub = Placement(quantize=list(group), keep_float=dict(placement.keep_float))
         sm, switches = switchable_model(suffix, cal, sub)
-        sess = make_session(sm, device, **session_options(device))
-        s_out = [o.name for o in sess.get_outputs()]
-        pos = [out_names.index(o) for o in s_out]
-        off = {sw: np.zeros((), np.float32) for sw in switches.values()}
+        run = _noise_runner(sm, out_names, switches, device)
         for layer in group:
-            feeds_sw = dict(off)
-            feeds_sw[switches[layer]] = np.ones((), np.float32)
-            noise = 0.0
-            for vals, ref in zip(cache, refs):
-                got = sess.run(s_out, {**{t: vals[t] for t in cross}, **feeds_sw})
-                noise += float(sum(np.sum(np.square(g.astype(np.float64) - ref[i].astype(np.float64)))
-                                   for g, i in zip(got, pos)))
+            noise = sum(run(vals, layer, cross) for vals in cache)
             out[layer] = noise / max(signal, 1e-30)
             if bar is not None:
                 bar.update(1)
-        del sess
+        del run
     if bar is not None:
         bar.close()
     return out
+
+
+def _ort_device(device: str) -> str:
+    return "cuda" if device == "cuda" else "cpu"
+
+
+def _fp32_cache(body, crossing, batches, device: str):
+    """``(cache, signal)``: per batch, the FP32 values of every crossing tensor and graph output
+    (ONNX Runtime values on the device; graph inputs placed there too) and the float64 signal
+    power of the graph outputs over all batches (reduced in the graph)."""
+    import onnxruntime as ort
+
+    from xtrt.model.split import with_outputs
+    from xtrt.quant.reduce import square_sums
+    from xtrt.runtime.session import make_session
+
+    inits = {i.name for i in body.graph.initializer}
+    graph_inputs = [i.name for i in body.graph.input if i.name not in inits]
+    out_names = [o.name for o in body.graph.output]
+    wanted = list(dict.fromkeys(t for c in crossing for t in c if t not in graph_inputs))
+    kept = list(dict.fromkeys(out_names + wanted))
+    m = with_outputs(body, kept)
+    sig = square_sums(m, [(o, None) for o in out_names], tag="xtrt_signal")
+    sess = make_session(m, device, **session_options(device))
+    dev = _ort_device(device)
+    cache, signal = [], 0.0
+    for b in batches:
+        binding = sess.io_binding()
+        for name in graph_inputs:
+            binding.bind_cpu_input(name, np.ascontiguousarray(b[name]))
+        for name in kept:
+            binding.bind_output(name, dev)
+        for name in sig:
+            binding.bind_output(name, "cpu")
+        sess.run_with_iobinding(binding)
+        got = binding.get_outputs()
+        vals = dict(zip(kept, got[:len(kept)]))
+        signal += float(sum(float(v.numpy()) for v in got[len(kept):]))
+        vals.update({n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(b[n]), dev, 0)
+                     for n in graph_inputs})
+        cache.append(vals)
+    return cache, signal
+
+
+def _noise_runner(sm, out_names: Sequence[str], switches: dict[str, str], device: str):
+    """``run(vals, layer, cross)``: the float64 output noise of the switchable suffix ``sm`` with
+    only ``layer`` switched to INT8, from the cached values ``vals`` (crossing tensors and the
+    FP32 outputs), reduced in the graph."""
+    from xtrt.quant.reduce import square_sums
+    from xtrt.runtime.session import make_session
+
+    produced = [o.name for o in sm.graph.output]
+    refs = {o: f"xtrt_ref_{out_names.index(o)}" for o in produced}
+    for vi in list(sm.graph.output):             # each FP32 reference: an input of its type
+        ref = sm.graph.input.add()
+        ref.CopyFrom(vi)
+        ref.name = refs[vi.name]
+    del sm.graph.output[:]
+    noise = square_sums(sm, [(o, refs[o]) for o in produced], tag="xtrt_noise")
+    sess = make_session(sm, device, **session_options(device))
+    on, off = np.ones((), np.float32), np.zeros((), np.float32)
+
+    def run(vals, layer: str, cross) -> float:
+        binding = sess.io_binding()
+        for t in cross:
+            binding.bind_ortvalue_input(t, vals[t])
+        for o, r in refs.items():
+            binding.bind_ortvalue_input(r, vals[o])
+        for n, sw in switches.items():
+            binding.bind_cpu_input(sw, on if n == layer else off)
+        for name in noise:
+            binding.bind_output(name, "cpu")
+        sess.run_with_iobinding(binding)
+        return float(sum(float(v.numpy()) for v in binding.get_outputs()))
+    return run
 
 
 def _crossing(nodes, p: int, inits: set) -> list[str]:
@@ -168,9 +222,9 @@ def _crossing(nodes, p: int, inits: set) -> list[str]:
                               if t and t not in inits and t not in produced))
 
 
-def _suffix_model(body, p: int, cross: Sequence[str], sample: dict[str, np.ndarray],
-                  out_names: Sequence[str]):
-    """nodes[p:] of ``body`` as a model whose inputs are the crossing tensors."""
+def _suffix_model(body, p: int, cross: Sequence[str], sample: dict, out_names: Sequence[str]):
+    """nodes[p:] of ``body`` as a model whose inputs are the crossing tensors (``sample``: their
+    values, arrays or ONNX Runtime values, for the element types and ranks)."""
     import onnx
     from onnx import helper
 
@@ -184,9 +238,13 @@ def _suffix_model(body, p: int, cross: Sequence[str], sample: dict[str, np.ndarr
     g.node.extend(kept)
     del g.input[:]
     for t in cross:
-        arr = np.asarray(sample[t])
-        elem = helper.np_dtype_to_tensor_dtype(arr.dtype)
-        dims = [f"{t}_d{i}" for i in range(arr.ndim)]     # any batch: symbolic dims
+        v = sample[t]
+        if hasattr(v, "element_type"):                   # an onnxruntime.OrtValue
+            elem, ndim = v.element_type(), len(v.shape())
+        else:
+            arr = np.asarray(v)
+            elem, ndim = helper.np_dtype_to_tensor_dtype(arr.dtype), arr.ndim
+        dims = [f"{t}_d{i}" for i in range(ndim)]     # any batch: symbolic dims
         g.input.append(helper.make_tensor_value_info(t, elem, dims))
     outs = [o for o in g.output if o.name in produced]
     del g.output[:]
@@ -203,11 +261,17 @@ def layer_statistics(model, cal, placement, batches: Sequence[dict[str, np.ndarr
     """Per placed layer, on ONNX Runtime over ``batches``: the cosine similarity and noise/signal
     of the layer's output in the exported all-INT8 model against FP32 (error accumulated through
     the graph, as deployed), the FP32 range of its activation input against the calibrated clip
-    (127 x scale), and the range of its weights with the spread of the per-channel maxima."""
+    (127 x scale), and the range of its weights with the spread of the per-channel maxima.
+
+    One session runs both models side by side and returns only scalars: the float64 sums and the
+    ranges are reduced in the graph (:mod:`xtrt.quant.reduce`), not copied out and reduced in
+    numpy.  The reductions also keep ONNX Runtime's level-1 Q/DQ rewrites off the measured tensors,
+    so the INT8 side is the Q/DQ semantics as written (what optimization 'disable' computes)."""
     from onnx import numpy_helper
 
-    from xtrt.model.split import runnable_body, with_outputs
+    from xtrt.model.split import runnable_body
     from xtrt.quant.export import export_qdq
+    from xtrt.quant.reduce import min_max, pair_sums, paired_model
     from xtrt.runtime.session import make_session
 
     body = runnable_body(model)
@@ -216,24 +280,23 @@ def layer_statistics(model, cal, placement, batches: Sequence[dict[str, np.ndarr
     inits = {i.name: i for i in body.graph.initializer}
     outs = list(dict.fromkeys(by_name[n].output[0] for n in layers))
     ins = list(dict.fromkeys(by_name[n].input[0] for n in layers if by_name[n].input[0] not in inits))
-    graph_inputs = {i.name for i in body.graph.input}
-    fp_names = list(dict.fromkeys(outs + [t for t in ins if t not in graph_inputs]))
-    fp = make_session(with_outputs(body, fp_names), device, **session_options(device))
-    q = make_session(with_outputs(export_qdq(body, cal, placement), outs), device,
-                     **session_options(device))
+    # one session: the FP32 body and its all-INT8 export side by side, reduced in the graph
+    q_pre = "xtrt_q/"
+    both = paired_model(body, export_qdq(body, cal, placement), q_pre)
+    sums = pair_sums(both, [(t, q_pre + t) for t in outs])
+    ranges = min_max(both, ins)
+    sess = make_session(both, device, **session_options(device))
+    names = [n for group in sums for n in group] + [n for mm in ranges for n in mm]
     acc = {t: np.zeros(4) for t in outs}                       # dot, |fp|^2, |q|^2, |fp-q|^2
     rng = {t: [np.inf, -np.inf] for t in ins}
     for feeds in batches:
-        vf = dict(zip(fp_names, fp.run(fp_names, feeds)))
-        vf.update({t: feeds[t] for t in ins if t in graph_inputs and t in feeds})
-        vq = dict(zip(outs, q.run(outs, feeds)))
-        for t in outs:
-            a, b = vf[t].astype(np.float64).ravel(), vq[t].astype(np.float64).ravel()
-            acc[t] += (a @ b, a @ a, b @ b, np.sum(np.square(a - b)))
-        for t in ins:
-            if t in vf:
-                rng[t][0] = min(rng[t][0], float(vf[t].min()))
-                rng[t][1] = max(rng[t][1], float(vf[t].max()))
+        got = dict(zip(names, sess.run(names, feeds)))
+        for t, group in zip(outs, sums):
+            acc[t] += [float(got[n]) for n in group]
+        for t, (lo, hi) in zip(ins, ranges):
+            rng[t][0] = min(rng[t][0], float(got[lo]))
+            rng[t][1] = max(rng[t][1], float(got[hi]))
+    del sess
     res: dict[str, dict] = {}
     for name in layers:
         node = by_name[name]
