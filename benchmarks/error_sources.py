@@ -2,7 +2,7 @@
 
     python benchmarks/error_sources.py ceiling [--qdq MODEL.onnx] [--json rows.jsonl]
     python benchmarks/error_sources.py sites --qdq MODEL.onnx [--part selection|test] [--json ...]
-    python benchmarks/error_sources.py keep --qdq MODEL.onnx --float SITE[,SITE...] [--part test]
+    python benchmarks/error_sources.py keep --qdq MODEL.onnx --float 'SITE[,SITE...][;...]' [--part test]
 
 Data: ``benchmarks/_bench.py``'s EfficientNet-Lite0 split (32 calibration photos; 103 selection /
 310 test images: 15 photos + vtest.avi frames).  Every model runs on ONNX Runtime CPU with graph
@@ -179,22 +179,27 @@ def with_float(qmodel, fp32_inits: dict, floated: set) -> object:
     return m
 
 
-def sites(bench, x, ref, qdq, emit) -> None:
+def sites(bench, x, ref, qdq, emit, skip=(), alone_only=False) -> None:
     import onnx
     from onnx import numpy_helper
 
     qmodel = onnx.load(str(qdq))
-    fp32_inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(bench.model)).graph.initializer}
+    fp32_inits = {t.name: numpy_helper.to_array(t)
+                  for t in onnx.load(str(bench.model)).graph.initializer}
     all_sites = _sites(qmodel)
-    emit("all INT8", metrics(ref, _run(qmodel, x)))
-    emit("all float (every site removed)", metrics(ref, _run(with_float(qmodel, fp32_inits,
-                                                                       set(all_sites)), x)))
+    if not skip:
+        emit("all INT8", metrics(ref, _run(qmodel, x)))
+        emit("all float (every site removed)",
+             metrics(ref, _run(with_float(qmodel, fp32_inits, set(all_sites)), x)))
     for s in all_sites:
+        if f"{s[0]}:{s[1]}" in skip:
+            continue
         t0 = time.perf_counter()
-        alone = metrics(ref, _run(with_float(qmodel, fp32_inits, set(all_sites) - {s}), x))
-        removed = metrics(ref, _run(with_float(qmodel, fp32_inits, {s}), x))
-        emit(f"{s[0]}:{s[1]}", {"kind": s[0], "site": s[1], "alone": alone, "removed": removed,
-                                "s": round(time.perf_counter() - t0, 1)})
+        row = {"kind": s[0], "site": s[1],
+               "alone": metrics(ref, _run(with_float(qmodel, fp32_inits, set(all_sites) - {s}), x))}
+        if not alone_only:
+            row["removed"] = metrics(ref, _run(with_float(qmodel, fp32_inits, {s}), x))
+        emit(f"{s[0]}:{s[1]}", {**row, "s": round(time.perf_counter() - t0, 1)})
 
 
 def main(argv=None) -> int:
@@ -202,7 +207,9 @@ def main(argv=None) -> int:
     ap.add_argument("what", choices=["ceiling", "sites", "keep"])
     ap.add_argument("--qdq", help="the all-INT8 Q/DQ export (FP32 float parts)")
     ap.add_argument("--part", default="selection", choices=["selection", "test", "both"])
-    ap.add_argument("--float", default="", help="keep: kind:name sites to make float, comma-separated")
+    ap.add_argument("--float", default="", help="keep: kind:name sites to make float, comma-separated; ';' between models")
+    ap.add_argument("--alone-only", action="store_true", help="sites: skip the 'removed' run")
+    ap.add_argument("--resume", action="store_true", help="sites: skip the sites --json has")
     ap.add_argument("--work", default="/tmp/acc-work")
     ap.add_argument("--json", help="append one row per figure")
     a = ap.parse_args(argv)
@@ -228,13 +235,17 @@ def main(argv=None) -> int:
         if a.what == "ceiling":
             ceiling(bench, x, ref, a.qdq, emit)
         elif a.what == "sites":
-            sites(bench, x, ref, a.qdq, emit)
+            done = set()
+            if a.resume and a.json and Path(a.json).is_file():
+                done = {json.loads(r)["label"] for r in open(a.json) if '"alone"' in r}
+            sites(bench, x, ref, a.qdq, emit, done, a.alone_only)
         else:
             qmodel = onnx.load(str(a.qdq))
             inits = {t.name: onnx.numpy_helper.to_array(t) for t in fp32.graph.initializer}
-            fl = {tuple(s.split(":", 1)) for s in a.float.split(",") if s}
-            emit(f"all INT8 but {len(fl)} float: {a.float}",
-                 metrics(ref, _run(with_float(qmodel, inits, fl), x)))
+            for group in a.float.split(";"):
+                fl = {tuple(s.split(":", 1)) for s in group.split(",") if s}
+                emit(f"all INT8 but {len(fl)} site(s) float: {group}",
+                     metrics(ref, _run(with_float(qmodel, inits, fl), x)))
     return 0
 
 
