@@ -79,6 +79,10 @@ class LsqConfig:
     lr: float = 1e-5
     block_size: int = 4
     batches: int = 2                    # calibration batches the pass trains on (measured: 2)
+    # all: weights, biases and every scale (PPQ's LSQ); activation_scales: only the activation
+    # scales (weights, biases and weight scales stay: what AdaRound's rounding needs kept)
+    train: Literal["all", "activation_scales"] = "all"
+    after_adaround: bool = False        # run after AdaRound instead of before it
 
 
 @dataclass

@@ -135,3 +135,50 @@ def test_technique_record_counts_withdrawn_blocks(tiny):
     assert rec["batches"] == 3 and rec["steps"] == 10 and rec["lr"] == 1e3
     assert rec["blocks"] >= 1 and rec["withdrawn"] == rec["blocks"]
     assert all(np.array_equal(w0[k], cal.weights[k]) for k in w0)
+
+
+def _adaround_then_lsq(tiny, after: bool, train: str = "activation_scales"):
+    """AdaRound 20 steps and LSQ 50 steps at lr 1e-4 (measured: every activation scale of the
+    tiny model moves, no block withdrawn) in one ``optimize`` call; returns (result, record)."""
+    import torch
+
+    from xtrt.backend import ppq as B
+
+    prep, placement, batches = tiny
+    cal = _calibrated(prep, placement, batches)
+    random.seed(0)
+    torch.manual_seed(0)
+    rec = B.optimize(cal, batches, adaround={"batches": 8, "steps": 20, "lr": 1e-3},
+                     lsq={"batches": 8, "steps": 50, "lr": 1e-4, "train": train,
+                          "after_adaround": after}, progress=False)
+    return cal, rec
+
+
+def test_lsq_activation_scales_after_adaround_keeps_its_rounding(tiny, trained):
+    """quantization.lsq.after_adaround + train: activation_scales: AdaRound runs first, LSQ
+    then moves activation scales only, so the weights (and their scales) are exactly AdaRound's
+    and the export still equals PPQ's simulation."""
+    prep, placement, batches = tiny
+    (_, s0), ada, _ = trained                       # AdaRound alone, same seed and settings
+    cal, rec = _adaround_then_lsq(tiny, after=True)
+    assert list(rec) == ["adaround", "lsq"]
+    for k, w in ada.weights.items():
+        assert np.array_equal(cal.weights[k], w), k
+    for k, s in s0.items():
+        assert np.array_equal(cal.weight_scales[k][0], s), k
+    for k, b in ada.biases.items():
+        assert np.array_equal(cal.biases[k], b), k
+    moved = [k for k, v in cal.act_scales.items() if not np.isclose(v, ada.act_scales[k])]
+    assert moved, "LSQ changed no activation scale"
+    for feeds in batches:
+        assert _export_vs_simulation(prep, cal, placement, feeds) < TOL
+
+
+def test_lsq_before_adaround_by_default_and_train_all_moves_weights(tiny, trained):
+    """Without after_adaround LSQ runs first (PPQ's order); LSQ's train: all moves weights off
+    AdaRound's grid, which is what activation_scales is for."""
+    (_, s0), ada, _ = trained
+    _, rec = _adaround_then_lsq(tiny, after=False)
+    assert list(rec) == ["lsq", "adaround"]
+    cal, _ = _adaround_then_lsq(tiny, after=True, train="all")
+    assert any(not np.array_equal(cal.weights[k], w) for k, w in ada.weights.items())

@@ -154,7 +154,8 @@ def after_calibration(cfg, cal, stats: dict, cal_batches, *, progress: bool = Tr
     passes = {}
     if q.lsq.enabled:
         passes["lsq"] = {"steps": q.lsq.steps, "lr": q.lsq.lr, "block_size": q.lsq.block_size,
-                         "batches": q.lsq.batches}
+                         "batches": q.lsq.batches, "train": q.lsq.train,
+                         "after_adaround": q.lsq.after_adaround}
     if q.adaround.enabled:
         passes["adaround"] = {"steps": q.adaround.steps, "lr": q.adaround.lr,
                               "gamma": q.adaround.gamma, "block_size": q.adaround.block_size,

@@ -47,7 +47,9 @@ def optimize(result: CalibrationResult, batches: Sequence[dict[str, np.ndarray]]
              device: str = "cpu", lsq: dict | None = None, adaround: dict | None = None,
              bias_correction: dict | None = None, progress: bool = True) -> dict[str, dict]:
     """Run PPQ's post-calibration passes on a calibrated result, in place, in this order:
-    LSQ (``LearnedStepSizePass``: weights, biases and scales trained block by block),
+    LSQ (``LearnedStepSizePass``: weights, biases and scales trained block by block; with
+    ``train: activation_scales`` the activation scales only, see :func:`_lsq`; with
+    ``after_adaround`` it runs after AdaRound instead),
     AdaRound (``AdaroundPass``: weight rounding learned, weights left on the INT8 grid),
     bias correction (``BiasCorrectionPass``: each layer's mean output error moved into its bias).
 
@@ -118,12 +120,53 @@ def _hard_checked_adaround(device: str, settings: dict):
         is_scale_trainable=False, collecting_device=device)
 
 
+def _detach_parameters(graph) -> None:
+    """Parameters as plain tensors again (a later pass would fail to train a non-leaf one)."""
+    import torch
+
+    for var in graph.variables.values():
+        if var.is_parameter and isinstance(var.value, torch.Tensor) and var.value.requires_grad:
+            var.value = var.value.detach()
+
+
+def _lsq(device: str, settings: dict):
+    """PPQ's ``LearnedStepSizePass``; with ``train: activation_scales`` only the activation
+    scales get gradients: weights, biases and weight scales stay as they are (after AdaRound:
+    as it rounded them; PPQ's LSQ would move the weights off that grid and the export would round
+    them to nearest again)."""
+    import torch
+    from ppq.core import QuantizationStates
+    from ppq.IR import QuantableOperation
+    from ppq.quantization.optim import LearnedStepSizePass
+
+    train = settings.get("train", "all")
+    if train not in ("all", "activation_scales"):
+        raise ValueError(f"lsq train {train!r}: use all or activation_scales")
+
+    class ActivationScaleLSQ(LearnedStepSizePass):
+        """LSQ on the activation scales only."""
+
+        def enable_block_gradient(self, block) -> None:
+            for op in block.rps:
+                if not isinstance(op, QuantableOperation):
+                    continue
+                for cfg, var in op.config_with_variable:
+                    if not var.is_parameter and isinstance(cfg.scale, torch.Tensor) and \
+                            cfg.state == QuantizationStates.ACTIVATED:
+                        cfg.scale.requires_grad = True
+
+    cls = LearnedStepSizePass if train == "all" else ActivationScaleLSQ
+    return cls(steps=int(settings.get("steps", 100)), lr=float(settings.get("lr", 1e-5)),
+               block_size=int(settings.get("block_size", 4)),
+               gamma=float(settings.get("gamma", 0.0)), is_scale_trainable=True,
+               collecting_device=device)
+
+
 def _optimize(result, batches, device, lsq, adaround, bias_correction, progress):
     import time
 
     from ppq import TorchExecutor
-    from ppq.quantization.optim import (BiasCorrectionPass, LearnedStepSizePass,
-                                        PassiveParameterQuantizePass)
+    from ppq.quantization.optim import BiasCorrectionPass, PassiveParameterQuantizePass
 
     graph = result.graph
     executor = TorchExecutor(graph=graph, device=device)
@@ -134,12 +177,11 @@ def _optimize(result, batches, device, lsq, adaround, bias_correction, progress)
         inputs={k: v[:1] for k, v in first.items()} if isinstance(first, dict) else first[:1])
     plan = []
     if lsq is not None:
-        plan.append(("lsq", lsq, lambda s: LearnedStepSizePass(
-            steps=int(s.get("steps", 100)), lr=float(s.get("lr", 1e-5)),
-            block_size=int(s.get("block_size", 4)), gamma=float(s.get("gamma", 0.0)),
-            is_scale_trainable=True, collecting_device=device)))
+        plan.append(("lsq", lsq, lambda s: _lsq(device, s)))
     if adaround is not None:
         plan.append(("adaround", adaround, lambda s: _hard_checked_adaround(device, s)))
+    if lsq is not None and adaround is not None and lsq.get("after_adaround"):
+        plan = plan[1:2] + plan[:1]
     if bias_correction is not None:
         plan.append(("bias_correction", bias_correction, lambda s: BiasCorrectionPass(
             block_size=int(s.get("block_size", 1)), collecting_device=device)))
@@ -152,6 +194,7 @@ def _optimize(result, batches, device, lsq, adaround, bias_correction, progress)
             p.optimize(graph=graph, dataloader=data, executor=executor,
                        collate_fn=_collate(device))
             PassiveParameterQuantizePass().optimize(graph=graph)
+        _detach_parameters(graph)       # AdaRound leaves weights that are not autograd leaves
         record[name] = {"seconds": round(time.perf_counter() - t0, 3), "batches": len(data)}
         if hasattr(p, "withdrawn"):
             record[name].update(blocks=p.blocks, withdrawn=p.withdrawn,
