@@ -5,19 +5,24 @@
         [--png benchmarks/compare.png] [--work /tmp/xtrt-bench] [--json rows.jsonl]
 
 Data and scoring: ``benchmarks/_bench.py`` (32 calibration photos; the test part of the held-out
-images; xtrt's evaluator on ONNX Runtime CPU, 'basic' optimisation for every Q/DQ model).
+images; xtrt's evaluator on ONNX Runtime CPU, 'basic' optimisation for every Q/DQ model, with ORT's
+``WeightBiasQuantization`` pass off: ``xtrt.runtime.session.BASIC_DISABLED``).
 
 Tools (each given the same calibration images, preprocessed by xtrt):
 
 * ``xtrt-default`` / ``xtrt-best`` / ``xtrt-fast``: xtrt's stages at ``quantization.effort``
   default / best / fast on the original model (seconds: prepare + calibrate + techniques + export).
-* ``ort-minmax`` / ``ort-percentile``: ONNX Runtime ``quantize_static`` (QDQ, per-channel, INT8
-  weights and activations, ``ActivationSymmetric``, ``QuantizeBias: False``) on xtrt's prepared
-  FP32 body; ORT's Entropy is not run: with its default bins it returns exactly the MinMax scales
-  (benchmarks/../shared peers.md, checked tensor by tensor on three models) at 3-14x the time.
-* ``modelopt-max``: NVIDIA ModelOpt ``modelopt.onnx.quantization.quantize`` (int8, max,
-  ``high_precision_dtype=fp32``, CPU calibration EP) in its own venv (``--modelopt-python``)
-  on the same body, through ``modelopt_compare.run_modelopt``.
+* ``ort-minmax`` / ``ort-entropy`` / ``ort-percentile``: ONNX Runtime ``quantize_static`` (QDQ,
+  per-channel, INT8 weights and activations, ``ActivationSymmetric``, ``QuantizeBias: False``) on
+  xtrt's prepared FP32 body.  With its default bins Entropy returns the MinMax scales (shared
+  peers.md) at 3-14x the time.  Entropy and Percentile keep every intermediate tensor of every
+  calibration image in RAM: ``--max-rss-gib`` stops such a run at a resident-memory cap and the
+  row says so (the same images for every tool: fewer images is not an option).
+* ``modelopt-max`` / ``modelopt-entropy`` (``-fp16``): NVIDIA ModelOpt
+  ``modelopt.onnx.quantization.quantize`` (int8, ``high_precision_dtype`` fp32 or fp16, CPU
+  calibration EP) in its own venv (``--modelopt-python``) on the same body, through
+  :func:`run_modelopt`.
+* ``ppq-trt``: PPQ 0.6.6 ``quantize_onnx_model`` on TRT_INT8 with its default setting.
 
 Bodies quantized by other tools get the original detection tail re-attached
 (``modelopt_compare.with_tail``) so every model is scored end to end.  Columns: calibrate+export
@@ -42,7 +47,8 @@ XTRT = {"xtrt-fast": ["quantization.effort=fast"],
 LABELS = {"xtrt-fast": "xtrt effort fast", "xtrt-default": "xtrt default",
           "xtrt-fast=default": "xtrt fast = default (minmax)",
           "xtrt-percentile": "xtrt percentile (rejected default)",
-          "xtrt-best": "xtrt effort best (minmax + LSQ 20)",
+          "xtrt-best": "xtrt effort best (auto + LSQ 20)",
+          "xtrt-best-s5": "xtrt effort best of session 5 (minmax + LSQ 20)",
           "xtrt-pt+lsq20": "xtrt per-tensor + LSQ 20 (rejected best)",
           "ort-minmax": "ORT quantize_static MinMax", "ort-entropy": "ORT quantize_static Entropy",
           "ort-percentile": "ORT quantize_static Percentile",
@@ -71,20 +77,75 @@ class _Reader:
         self.i = 0
 
 
-def ort_quantize(body_path: Path, out: Path, feeds, method: str) -> float:
-    """ONNX Runtime quantize_static, TensorRT-style settings; returns seconds."""
+def _rss_gib() -> float:
+    """This process's resident memory, GiB (Linux /proc)."""
+    import os
+
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 30
+
+
+class RssCap:
+    """Raise MemoryError in this process once its resident memory passes ``gib`` (checked every
+    0.2 s by a thread; raised between Python statements, e.g. between ORT's calibration runs, which
+    collect every intermediate tensor of every image in Python lists).  ``peak``: the highest RSS
+    seen, GiB; ``progress()`` (optional) says how far the run got, for the error."""
+
+    def __init__(self, gib: float | None, progress=None):
+        self.gib, self.start, self.fired, self._stop = gib, _rss_gib(), False, None
+        self.peak, self.progress, self.t0 = self.start, progress, time.perf_counter()
+
+    def _fire(self, *_):
+        done = f" after {self.progress()}" if self.progress else ""
+        raise MemoryError(f"resident memory passed the {self.gib:g} GiB cap{done}, "
+                          f"{time.perf_counter() - self.t0:.0f} s in ({self.start:.1f} GiB before, "
+                          f"peak {self.peak:.2f} GiB)")
+
+    def _watch(self):
+        import os
+        import signal
+
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, _rss_gib())
+            if self.gib and self.peak > self.gib and not self.fired:
+                self.fired = True
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.old = signal.signal(signal.SIGUSR1, self._fire)
+        self._stop = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        self._stop.set()
+        signal.signal(signal.SIGUSR1, self.old)
+
+
+def ort_quantize(body_path: Path, out: Path, feeds, method: str,
+                 max_rss_gib: float | None = None) -> tuple[float, float]:
+    """ONNX Runtime quantize_static, TensorRT-style settings, under a resident-memory cap
+    (:class:`RssCap`); returns (seconds, peak resident GiB of this process)."""
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
+    reader = _Reader(feeds)
+    cap = RssCap(max_rss_gib, lambda: f"{reader.i}/{len(reader.feeds)} calibration batches read")
     t0 = time.perf_counter()
-    quantize_static(str(body_path), str(out), _Reader(feeds), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method={"minmax": CalibrationMethod.MinMax,
-                                      "entropy": CalibrationMethod.Entropy,
-                                      "percentile": CalibrationMethod.Percentile}[method],
-                    extra_options={"ActivationSymmetric": True, "QuantizeBias": False})
-    return time.perf_counter() - t0
+    with cap:
+        quantize_static(str(body_path), str(out), reader, quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8,
+                        calibrate_method={"minmax": CalibrationMethod.MinMax,
+                                          "entropy": CalibrationMethod.Entropy,
+                                          "percentile": CalibrationMethod.Percentile}[method],
+                        extra_options={"ActivationSymmetric": True, "QuantizeBias": False})
+    return time.perf_counter() - t0, cap.peak
 
 
 def _modelopt_worker(body: str, calib: str, out: str, method: str, hp: str) -> None:
@@ -167,8 +228,9 @@ def _free_batch(path: Path, body_path: Path) -> None:
 
 
 def run_tool(tool: str, bench, work: Path, ctx: dict, modelopt_python: str | None,
-             timeout: float = 600):
-    """(model, wall seconds, CPU seconds, info) for one tool on ``bench``."""
+             timeout: float = 600, max_rss_gib: float | None = None):
+    """(model, wall seconds, CPU seconds, info) for one tool on ``bench``; ``max_rss_gib``: the
+    resident-memory cap of an ONNX Runtime run (:class:`RssCap`)."""
     import numpy as np
     import onnx
 
@@ -182,11 +244,13 @@ def run_tool(tool: str, bench, work: Path, ctx: dict, modelopt_python: str | Non
     prepared = ctx["prepared"]
     out = work / f"{bench.key}_{tool}.onnx"
     if tool.startswith("ort-"):
-        c0 = time.process_time()
+        c0, rss0 = time.process_time(), _rss_gib()
         with _bench.Alarm(timeout):
-            secs = ort_quantize(ctx["body_path"], out, ctx["feeds"], tool.split("-", 1)[1])
+            secs, peak = ort_quantize(ctx["body_path"], out, ctx["feeds"], tool.split("-", 1)[1],
+                                      max_rss_gib)
         cpu = time.process_time() - c0
-        return with_tail(onnx.load(str(out)), prepared), secs, cpu, {}
+        return with_tail(onnx.load(str(out)), prepared), secs, cpu, {
+            "rss_gib_before": round(rss0, 2), "rss_gib_peak": round(peak, 2)}
     if tool.startswith("modelopt-"):
         if not modelopt_python or not Path(modelopt_python).is_file():
             raise FileNotFoundError(f"no ModelOpt python at {modelopt_python}")
@@ -372,7 +436,7 @@ def _row(tool: str, ctx: dict, work: Path, a, left: float) -> dict:
         return {**base, "failed": "not run: the run's time budget was spent"}
     try:
         model, secs, cpu, info = run_tool(tool, bench, work, ctx, a.modelopt_python,
-                                          timeout=min(a.timeout, left))
+                                          timeout=min(a.timeout, left), max_rss_gib=a.max_rss_gib)
         row = {**base, "seconds": round(secs, 1), "cpu_s": None if cpu is None else round(cpu, 1),
                "info": info}
         row["test"] = _bench.score(ctx["ev"], model)
@@ -401,6 +465,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   "already there are kept and not re-run")
     p.add_argument("--timeout", type=float, default=420, help="seconds per tool")
     p.add_argument("--budget", type=float, default=1e9, help="seconds for the whole run")
+    p.add_argument("--max-rss-gib", type=float, default=None,
+                   help="stop an ONNX Runtime quantize_static run once this process's resident "
+                        "memory passes this many GiB (the row then says so)")
     p.add_argument("--render", nargs="+", metavar="JSONL",
                    help="run nothing: write the table and PNG from rows of earlier --json runs")
     a = p.parse_args(argv)
@@ -465,8 +532,8 @@ def _write(rows, a) -> int:
     Path(a.out).write_text(
         "# INT8 tools compared (generated by benchmarks/compare.py)\n\n"
         "Identical calibration and test images for every tool; every model scored by the same "
-        "code (xtrt's evaluator, ONNX Runtime CPU, 'basic' graph optimisation for every Q/DQ "
-        "model) against the FP32 model.  95 % intervals: Wilson for top-1 agreement, bootstrap "
+        "code (xtrt's evaluator, ONNX Runtime CPU, 'basic' graph optimisation with the "
+        "WeightBiasQuantization pass off for every Q/DQ model) against the FP32 model.  95 % intervals: Wilson for top-1 agreement, bootstrap "
         "over test images for mAP50-95 (100 rounds) and SQNR (200 rounds).  Seconds: "
         "calibrate+export wall time on 2 CPU cores shared with other jobs (inflated); CPU s: "
         "process CPU time (ModelOpt: its subprocess).  Compute layers in float: "

@@ -1,7 +1,7 @@
 """Same-data comparison of NVIDIA ModelOpt INT8 (``calibration_method="max"``) with xtrt on YOLOv8n 640.
 
     cd /work/main && PYTHONPATH=$PWD python benchmarks/modelopt_compare.py \\
-        --modelopt-python /tmp/movenv/bin/python \\
+        --modelopt-python /work/venv-modelopt/bin/python \\
         --calib /tmp/xtrt-bench-fidelity/calib --heldout /tmp/xtrt-bench-fidelity/heldout_yolo \\
         [--model data/yolov8n_e2e.onnx] [--work /tmp/mo_cmp] [--methods minmax,mse]
 
@@ -142,11 +142,14 @@ def main(argv=None) -> int:
     ap.add_argument("--calib", default="/tmp/xtrt-bench-fidelity/calib")
     ap.add_argument("--heldout", default="/tmp/xtrt-bench-fidelity/heldout_yolo")
     ap.add_argument("--work", default="/tmp/mo_cmp")
-    ap.add_argument("--modelopt-python", default="/tmp/movenv/bin/python",
-                    help="python of the venv where nvidia-modelopt[onnx] is installed")
+    ap.add_argument("--modelopt-python", default="/work/venv-modelopt/bin/python",
+                    help="python of the venv where nvidia-modelopt[onnx] is installed "
+                         "(python -m venv /work/venv-modelopt; pip install 'nvidia-modelopt[onnx]')")
     ap.add_argument("--methods", default="minmax,mse", help="xtrt calibration methods")
-    ap.add_argument("--optimization", default="all", choices=["all", "extended", "basic", "disable"],
-                    help="ONNX Runtime graph optimisation level for every evaluated model")
+    ap.add_argument("--optimization", default="basic", choices=["all", "extended", "basic", "disable"],
+                    help="ONNX Runtime graph optimisation level for every evaluated model ('basic', "
+                         "compare.py's: DequantizeLinear + float op, WeightBiasQuantization off; "
+                         "'all' fuses Q/DQ into ORT's saturating CPU QLinear kernels)")
     args = ap.parse_args(argv)
 
     import numpy as np
