@@ -80,3 +80,16 @@ def test_missing_and_invalid_config_files(tmp_path):
     bad.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="is not valid YAML at line"):
         load_config(bad)
+
+
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
+    """PyYAML reads 1e-4 (no dot) as a string; a float key takes it as the number it is."""
+    p = tmp_path / "c.yaml"
+    p.write_text("model: m.onnx\nquantization:\n  lsq:\n    lr: 1e-4\n")
+    (tmp_path / "m.onnx").write_bytes(b"")
+    cfg = load_config(p, ["quantization.lsq.lr=2E-3"])
+    assert cfg.quantization.lsq.lr == pytest.approx(2e-3)
+    cfg = load_config(p)
+    assert cfg.quantization.lsq.lr == pytest.approx(1e-4)
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_config(p, ["quantization.lsq.lr=fast"])

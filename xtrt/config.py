@@ -6,6 +6,7 @@ resolved relative to the config file.
 """
 from __future__ import annotations
 
+import re
 import dataclasses
 import difflib
 import math
@@ -238,6 +239,8 @@ _POSITIVE = {"steps", "workers", "batch_size", "count", "max_trials", "layers_pe
              "block_size"}
 
 
+_FLOAT_LITERAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
 def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -277,6 +280,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}", "use a whole number")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_LITERAL.fullmatch(value.strip()):
+            value = float(value)     # PyYAML (YAML 1.1) reads 1e-4, with no dot, as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}", "use a number like 0.01")
         return float(value)
