@@ -239,7 +239,7 @@ def run_tool(tool: str, bench, work: Path, ctx: dict, modelopt_python: str | Non
 
     if tool in XTRT:
         with _bench.Alarm(timeout):
-            qmodel, info = run_variant(bench, XTRT[tool], selection_evaluator(ctx),
+            qmodel, info = run_variant(bench, XTRT[tool], selection_evaluator(ctx, XTRT[tool]),
                                        cache=work / "variants")
         return qmodel, info["seconds"], info["cpu_s"], info
     prepared = ctx["prepared"]
@@ -273,11 +273,15 @@ def run_tool(tool: str, bench, work: Path, ctx: dict, modelopt_python: str | Non
     raise ValueError(f"unknown tool {tool!r}")
 
 
-def selection_evaluator(ctx: dict):
-    """The evaluator of ``ctx``'s selection part, built on first use: ``calibration.method:
-    auto`` (effort default / best) chooses its method on it, never on the test part."""
+def selection_evaluator(ctx: dict, overrides):
+    """The evaluator of ``ctx``'s selection part when ``overrides`` resolve to ``calibration.method:
+    auto`` (it chooses its method there, never on the test part), built on first use; else None."""
+    from xtrt.quant.techniques import resolve
+
+    bench = ctx["bench"]
+    if resolve(bench.config(overrides)).calibration.method != "auto":
+        return None
     if ctx.get("sel_ev") is None:
-        bench = ctx["bench"]
         ctx["sel_ev"] = _bench.evaluator(bench, bench.sel, "selection")
     return ctx["sel_ev"]
 
