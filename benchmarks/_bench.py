@@ -263,6 +263,11 @@ def evaluator(bench: Bench, files, kind: str, device: str = "cpu"):
                       batches(bench, cfg, prepared, files, bench.shape[0]), task, layout,
                       conf=bench.conf, iou=cfg.evaluation.iou_threshold,
                       store=BatchStore(spill_dir=Path("/tmp/xtrt-bench-store")))
+    if ed.count != len(files):
+        # the loader skips unreadable files with a warning; a benchmark figure on fewer images
+        # than its split says is not comparable with the other rows
+        raise RuntimeError(f"{kind} part: {ed.count} of {len(files)} images loaded (an unreadable "
+                           f"file? check {Path(files[0]).parent})")
     ev = Evaluator(ed, device, cfg.evaluation.rtol, cfg.evaluation.atol, f"{ed.count} {kind} images")
     ev.reference_seconds = round(time.perf_counter() - t0, 1)
     return ev

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import json
 import random
 import shutil
@@ -58,8 +59,13 @@ def _frames(work: Path, step: int) -> tuple[list[Path], str]:
             break
         if i % step == 0:
             path = out_dir / f"vtest_{i:04d}.png"
-            if not path.exists():
-                cv2.imwrite(str(path), frame)
+            if not path.exists() or cv2.imread(str(path)) is None:
+                # written under a temporary name and renamed: a run stopped mid-write left a
+                # truncated PNG once, which the loader skipped (309 of 310 images scored)
+                tmp = path.with_name(f".{path.stem}.{os.getpid()}.png")
+                if not cv2.imwrite(str(tmp), frame):
+                    raise OSError(f"cannot write {tmp}")
+                os.replace(tmp, path)
             files.append(path)
         i += 1
     cap.release()
