@@ -36,6 +36,7 @@ VARIANTS: dict[str, list[str]] = {
     "percentile": [F, "calibration.method=percentile"],
     "mse": [F, "calibration.method=mse"],
     "kl": [F, "calibration.method=kl"],
+    "entropy": [F, "calibration.method=entropy"],
     "auto": [F, "calibration.method=auto"],
     "pt": [F, "quantization.per_tensor=true"],
     "cle+mse": [F, "calibration.method=mse", "quantization.equalization.enabled=true"],

@@ -27,9 +27,16 @@ def test_unknown_nested_key_names_its_path():
 
 def test_bad_choice_lists_allowed_values():
     with pytest.raises(ConfigError) as e:
-        config_from_dict({"model": "m.onnx", "calibration": {"method": "entropy"}})
-    assert str(e.value) == ("calibration.method: 'entropy' is not allowed "
-                            "(fix: use one of: auto, percentile, kl, mse, minmax)")
+        config_from_dict({"model": "m.onnx", "calibration": {"method": "kld"}})
+    assert str(e.value) == ("calibration.method: 'kld' is not allowed "
+                            "(fix: use one of: auto, percentile, kl, mse, minmax, entropy)")
+
+
+def test_entropy_needs_xtrts_statistics():
+    assert config_from_dict({"model": "m.onnx",
+                             "calibration": {"method": "entropy"}}).calibration.method == "entropy"
+    with pytest.raises(ConfigError, match="calibration.method: entropy runs on xtrt's statistics"):
+        config_from_dict({"model": "m.onnx", "calibration": {"method": "entropy", "engine": "ppq"}})
 
 
 @pytest.mark.parametrize("section,key,value,text", [

@@ -51,10 +51,12 @@ class CalibrationConfig:
     data: Optional[str] = None          # folder, glob or .npy/.npz
     steps: int = 8                      # batches
     batch_size: int = 4
-    # auto: compute all four from the same ONNX Runtime statistics, export each, keep the one whose
-    # exported model scores best on the held-out images (task metric, then SQNR).
+    # entropy: TensorRT's entropy calibration (KL over every clip of a 2048-bin |x| histogram).
+    # auto: compute percentile, minmax, kl and mse from the same ONNX Runtime statistics, export
+    # each, keep the one whose exported model scores best on the held-out images (task metric,
+    # then SQNR).
     # Not set: quantization.effort decides (xtrt.quant.techniques.EFFORTS)
-    method: Optional[Literal["auto", "percentile", "kl", "mse", "minmax"]] = None
+    method: Optional[Literal["auto", "percentile", "kl", "mse", "minmax", "entropy"]] = None
     # auto scores its candidates on the first N selection images only (null: all of them).
     # Measured (benchmarks/techniques.md): 32 cuts the search ~2-3x but flipped the choice on
     # ddddocr (mse -> minmax) and YOLOv8n (minmax -> mse), so all of them by default
@@ -323,6 +325,10 @@ def config_from_dict(data: dict, base_dir: str | Path = ".") -> Config:
 def _check(cfg: Config) -> None:
     if not cfg.model:
         raise ConfigError("config has no 'model'", "add model: path/to/model.onnx")
+    if cfg.calibration.engine == "ppq" and cfg.calibration.method == "entropy":
+        raise ConfigError("calibration.method: entropy runs on xtrt's statistics, not on PPQ's "
+                          "engine (calibration.engine: ppq)",
+                          "set calibration.engine: ort, or another method (kl is PPQ's own)")
     if cfg.preprocess.preset == "plugin" and not cfg.preprocess.plugin:
         raise ConfigError("preprocess.preset is 'plugin' but preprocess.plugin is not set",
                           "set preprocess.plugin: my_pre.py:function")

@@ -220,8 +220,8 @@ def test_unknown_config_key_and_bad_value(tiny_config, capsys):
     assert run(["--config", str(tiny_config), "--set", "calibration.methd=kl"]) == 1
     assert _err(capsys) == ("error: unknown config key 'calibration.methd' "
                             "(fix: did you mean 'calibration.method'?)")
-    assert run(["--config", str(tiny_config), "--set", "calibration.method=entropy"]) == 1
-    assert "use one of: auto, percentile, kl, mse, minmax" in _err(capsys)
+    assert run(["--config", str(tiny_config), "--set", "calibration.method=kld"]) == 1
+    assert "use one of: auto, percentile, kl, mse, minmax, entropy" in _err(capsys)
 
 
 def test_unknown_exclusion_suggests_a_node(tiny_config, capsys):

@@ -55,7 +55,7 @@ class Calibrated:
 
 def plan_method(cfg: Config) -> MethodPlan:
     """The one place that turns ``calibration.method/engine`` and ``quantization.lsq`` into a plan."""
-    from xtrt.quant.observe import FAST_METHODS
+    from xtrt.quant.observe import AUTO_METHODS
 
     # LSQ and the other optimisation passes run after calibration on either engine
     # (xtrt.quant.techniques); cfg is resolved (techniques.resolve) before it gets here
@@ -67,12 +67,12 @@ def plan_method(cfg: Config) -> MethodPlan:
         return MethodPlan(c.method, "ppq", (m,), None, why)
     if q.per_tensor:
         first = "percentile" if c.method == "auto" else c.method
-        return MethodPlan(c.method, "ort", (first, *[m for m in FAST_METHODS if m != first]),
+        return MethodPlan(c.method, "ort", (first, *[m for m in AUTO_METHODS if m != first]),
                           None, "quantization.per_tensor: every layer's activation scale from "
                           "the method with the smallest error of that layer's output "
                           "(calibration images)", per_tensor=True)
     if c.method == "auto":
-        return MethodPlan("auto", "ort", tuple(FAST_METHODS), None,
+        return MethodPlan("auto", "ort", tuple(AUTO_METHODS), None,
                           "auto: all four methods from one set of statistics, the best on the "
                           "held-out images kept")
     return MethodPlan(c.method, "ort", (c.method,), None, f"calibration.method: {c.method}")

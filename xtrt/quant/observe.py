@@ -10,7 +10,9 @@ extra outputs, and reduces each tensor to two numbers per batch, with PPQ's exac
 * minmax: the minimum and maximum over all batches;
 * kl / mse: a second pass builds the histogram of ``|x|`` over ``[0, max(|min|, |max|)]`` (4096 /
   2048 bins, ``torch.histc`` semantics, as PPQ's TorchHistObserver / TorchMSEObserver), from which
-  PPQ's own ``hist_to_scale_offset`` picks the clip.
+  PPQ's own ``hist_to_scale_offset`` picks the clip;
+* entropy: the same histogram in 2048 bins, TensorRT's entropy calibration picks the clip
+  (:func:`xtrt.backend.ppq._scales.entropy_best_bins`).
 
 Only a few numbers (or one histogram) per tensor are kept: memory does not grow with the data.
 """
@@ -24,13 +26,18 @@ import numpy as np
 from xtrt.quant.buffers import OutputBuffers, inferred_specs as _inferred_specs
 from xtrt.runtime.feed import DeviceFeed, bind_inputs
 
-__all__ = ["FAST_METHODS", "PERCENTILE", "collect_ranges", "collect_statistics", "batch_range",
+__all__ = ["AUTO_METHODS", "FAST_METHODS", "PERCENTILE", "collect_ranges", "collect_statistics", "batch_range",
            "OutputBuffers", "release_sessions"]
 
 log = logging.getLogger(__name__)
 
-FAST_METHODS = ("percentile", "minmax", "kl", "mse")
-HIST_BINS = {"kl": 4096, "mse": 2048}  # PPQ's OBSERVER_KL_HIST_BINS / OBSERVER_MSE_HIST_BINS
+FAST_METHODS = ("percentile", "minmax", "kl", "mse", "entropy")
+# what method auto and quantization.per_tensor choose among: entropy lost to minmax on 6 of the 8
+# corpus models (benchmarks/techniques.md, "TensorRT's entropy calibration"), so it is asked for
+# by name only
+AUTO_METHODS = ("percentile", "minmax", "kl", "mse")
+# PPQ's OBSERVER_KL_HIST_BINS / OBSERVER_MSE_HIST_BINS; entropy: TensorRT's 2048 bins
+HIST_BINS = {"kl": 4096, "mse": 2048, "entropy": 2048}
 PERCENTILE = 0.9999  # PPQ's OBSERVER_PERCENTILE
 
 

@@ -57,12 +57,12 @@ def _candidate_scales(var, qc, candidates: dict[str, dict]) -> dict[str, float]:
     """The scale each candidate method's statistics give ``var`` (PPQ's rules, as calibration)."""
     from ppq.quantization.observer.range import minmax_to_scale_offset
 
-    from xtrt.backend.ppq._scales import hist_scales
+    from xtrt.backend.ppq._scales import HIST_METHODS, hist_scales
 
     out = {}
     for m, st in candidates.items():
         hists, ranges = st.get("hists") or {}, st.get("ranges") or {}
-        if m in ("kl", "mse") and var.name in hists:
+        if m in HIST_METHODS and var.name in hists:
             hist, width = hists[var.name]
             scale, _ = hist_scales(m, [(np.asarray(hist), width, qc, var)])[0]
         elif var.name in ranges:

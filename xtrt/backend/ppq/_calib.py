@@ -25,7 +25,7 @@ def calibrate(model, batches: Sequence[dict[str, np.ndarray]], *, device: str = 
 
     Args:
         batches: calibration feeds (numpy, keyed by input name); materialised once here.
-        method: percentile | kl | mse | minmax.
+        method: percentile | kl | mse | minmax | entropy (entropy: with statistics only).
         fp32_ops: node names PPQ must leave in float.
         lsq: None, or dict(steps, lr, block_size, seed) to run LSQ fine-tuning after calibration.
         act_ranges: tensor -> (low, high) collected elsewhere (xtrt.quant.observe, on ONNX

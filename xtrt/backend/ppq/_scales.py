@@ -22,6 +22,7 @@ import numpy as np
 from xtrt.errors import QuantizationError
 from xtrt.trt.rules import weight_scale
 
+HIST_METHODS = ("kl", "mse", "entropy")   # methods whose scales come from a histogram
 KL_TIE = 1e-4          # relative gap under which PPQ's own kl search is asked
 KL_EPS = 1e-30         # ppq.quantization.measure.torch_KL_divergence
 
@@ -159,6 +160,69 @@ def _kl_best_bins(hists: np.ndarray, quant_bins: int) -> tuple[np.ndarray, np.nd
     return np.asarray(ranges)[best], tie
 
 
+def entropy_best_bins(hists: np.ndarray, quant_bins: int = 128, start: int = 128,
+                      chunk: int = 8) -> np.ndarray:
+    """TensorRT's entropy calibration (the legacy ``IInt8EntropyCalibrator2`` algorithm, as
+    NVIDIA's pytorch-quantization ``_compute_amax_entropy`` writes it) on ``hists`` [tensors,
+    bins] of ``|x|`` over ``[0, max|x|]``: per tensor the bin edge ``i`` whose clip ``[0, i)``
+    gives the least KL divergence between the clipped distribution (the tail added to its last
+    bin) and its ``quant_bins``-level quantization (each level's count spread evenly over its
+    non-empty bins); every ``i`` from ``start`` to ``bins`` is tried and the largest among
+    equal minima kept.  Bin 0's count is replaced by bin 1's (exact zeros of a ReLU would
+    dominate).  The clip is ``i`` bin widths.
+
+    Vectorised: with cumulative sums of ``b``, ``b log b`` and of the non-empty-bin count, each
+    candidate's divergence is a sum over its ``quant_bins`` levels (``O(tensors x bins x
+    quant_bins)``, not ``bins^2``):  ``KL = sum p log p - sum p log q``, where ``p = b / P``
+    (``P`` all counts, the tail on bin ``i-1``), ``q = (S_g / C_g) / Q`` on the non-empty bins of
+    level ``g`` (``S_g`` its count, ``C_g`` its non-empty bins, ``Q`` the counts below ``i``).
+    A candidate whose last bin is empty while the tail is not has ``q = 0`` where ``p > 0``:
+    infinite, never chosen."""
+    h = np.asarray(hists, dtype=np.float64).copy()
+    if h.ndim != 2 or h.shape[1] < start:
+        raise ValueError(f"entropy search needs [tensors, >= {start}] histograms, got {h.shape}")
+    h[:, 0] = h[:, 1]
+    t, bins = h.shape
+    cands = np.arange(start, bins + 1)
+    # level edges of candidate i: bins [ceil(i*g/Q), ceil(i*(g+1)/Q)) (np.digitize on linspace)
+    edges = np.stack([np.ceil(np.linspace(0, i, quant_bins + 1)).astype(np.int64) for i in cands])
+    edges[:, -1] = cands
+    with np.errstate(divide="ignore", invalid="ignore"):
+        blogb = np.where(h > 0, h * np.log(np.where(h > 0, h, 1)), 0.0)
+    zero = np.zeros((t, 1))
+    cb = np.concatenate([zero, np.cumsum(h, axis=1)], axis=1)           # [t, bins + 1]
+    cl = np.concatenate([zero, np.cumsum(blogb, axis=1)], axis=1)
+    cn = np.concatenate([zero, np.cumsum(h > 0, axis=1)], axis=1)
+    total = cb[:, -1:]                                                   # P, [t, 1]
+    out = np.empty(t, dtype=np.int64)
+    for lo in range(0, t, chunk):
+        sl = slice(lo, lo + chunk)
+        b, l, n, P = cb[sl], cl[sl], cn[sl], total[sl]
+        s = b[:, edges[:, 1:]] - b[:, edges[:, :-1]]                   # S_g  [tc, cands, Q]
+        c = n[:, edges[:, 1:]] - n[:, edges[:, :-1]]                   # C_g
+        with np.errstate(divide="ignore", invalid="ignore"):
+            level = np.where(s > 0, s * np.log(np.where(s > 0, s, 1) / np.where(c > 0, c, 1)), 0.)
+            tail = P - b[:, cands]                                     # counts at or past i
+            last = h[sl][:, cands - 1]                                 # b_{i-1}
+            q_last = np.log(np.where(s[:, :, -1] > 0, s[:, :, -1], 1)
+                            / np.where(c[:, :, -1] > 0, c[:, :, -1], 1))
+            below = b[:, cands]                                        # Q
+            # sum p log p: bins below i-1 as they are, bin i-1 with the tail on it
+            plogp = (l[:, cands - 1] + np.where(last + tail > 0, (last + tail)
+                                                * np.log(np.where(last + tail > 0, last + tail, 1)),
+                                                0.)) / P - np.log(P)
+            plogq = (level.sum(axis=2) + tail * q_last) / P - np.log(np.where(below > 0, below, 1))
+            kl = plogp - plogq
+        kl = np.where((last == 0) & (tail > 0), np.inf, kl)
+        kl = np.where(np.isfinite(kl), kl, np.inf)
+        # the largest i among equal minima (pytorch-quantization's last argmin); tolerance for
+        # the summation order of the cumulative sums
+        best = kl.min(axis=1, keepdims=True)
+        ok = kl <= best + 1e-12 * np.maximum(1.0, np.abs(best))
+        out[sl] = cands[kl.shape[1] - 1 - np.argmax(ok[:, ::-1], axis=1)]
+    return out
+
+
 def mse_losses(hists: np.ndarray, levels: int = 256) -> tuple[np.ndarray, list[int]]:
     """PPQ's symmetric per-tensor mse losses on ``hists`` [tensors, bins]: ``[tensors,
     candidates]`` and each candidate's ``end`` (in bins), in PPQ's order (min-max first, then
@@ -200,6 +264,19 @@ def hist_scales(method: str, items: Sequence[tuple[np.ndarray, float, object, ob
         return _ppq_hist_scale(method, hist, width, qc, var)
 
     out: list = [None] * len(items)
+    if method == "entropy":
+        # xtrt's own search (PPQ has none): the clip, then PPQ's rule for the config's policy
+        if not items:
+            return out
+        by_len: dict[int, list[int]] = {}
+        for i, it in enumerate(items):
+            by_len.setdefault(len(it[0]), []).append(i)
+        for ids in by_len.values():
+            best = entropy_best_bins(np.stack([np.asarray(items[i][0]) for i in ids]))
+            for i, b in zip(ids, best):
+                amax = int(b) * float(items[i][1])
+                out[i] = minmax_to_scale_offset(-amax, amax, items[i][2], OBSERVER_MIN_SCALE)
+        return out
     groups: dict[tuple, list[int]] = {}
     for i, (hist, width, qc, var) in enumerate(items):
         if not _plain_symmetric(qc) or qc.policy.has_property(_per_channel()) or hist.ndim != 1:
@@ -238,7 +315,10 @@ def _ppq_hist_scale(method: str, hist: np.ndarray, width: float, qc, var) -> tup
 
 
 def ppq_hist_scales(method: str, items: Sequence[tuple]) -> list[tuple[float, float]]:
-    """:func:`hist_scales` the way PPQ computes them: its observer, one tensor at a time."""
+    """:func:`hist_scales` the way PPQ computes them: its observer, one tensor at a time
+    (entropy, which PPQ does not have: xtrt's search)."""
+    if method == "entropy":
+        return hist_scales(method, items)
     return [_ppq_hist_scale(method, *it) for it in items]
 
 
@@ -276,7 +356,7 @@ def apply_stats(graph, method: str, ranges: dict, hists: dict, reapply: bool = F
     from ppq.core import QuantizationStates
     from ppq.quantization.observer.range import minmax_to_scale_offset
 
-    by_hist = method in ("kl", "mse")
+    by_hist = method in HIST_METHODS
     missing: list[str] = []
     todo: list[tuple] = []           # (root, var, "hist" | "range")
     seen: set[int] = set()
