@@ -32,9 +32,9 @@ __all__ = ["AUTO_METHODS", "FAST_METHODS", "PERCENTILE", "collect_ranges", "coll
 log = logging.getLogger(__name__)
 
 FAST_METHODS = ("percentile", "minmax", "kl", "mse", "entropy")
-# what method auto and quantization.per_tensor choose among: entropy lost to minmax on 6 of the 8
-# corpus models (benchmarks/techniques.md, "TensorRT's entropy calibration"), so it is asked for
-# by name only
+# what method auto and quantization.per_tensor choose among: entropy is behind minmax on 5 of the 8
+# corpus models, level on 2 and ahead only on MTCNN ONet (benchmarks/techniques.md, "TensorRT's
+# entropy calibration"), so it is asked for by name only
 AUTO_METHODS = ("percentile", "minmax", "kl", "mse")
 # PPQ's OBSERVER_KL_HIST_BINS / OBSERVER_MSE_HIST_BINS; entropy: TensorRT's 2048 bins
 HIST_BINS = {"kl": 4096, "mse": 2048, "entropy": 2048}
