@@ -119,7 +119,8 @@ def run_search(ctx, ranking: str, strategy: str, ranked, *, max_trials: int, per
 
 
 def run_model(key: str, work: Path, k_max: int, rankings: Sequence[str], *,
-              test_curve: Sequence[str] = (), old: bool = True, effort: str = "best") -> dict:
+              test_curve: Sequence[str] = (), old: bool = True, effort: str = "best",
+              search: bool = True) -> dict:
     import itertools
 
     from xtrt.quant.fallback import rank_layers
@@ -153,6 +154,7 @@ def run_model(key: str, work: Path, k_max: int, rankings: Sequence[str], *,
         row["rankings"][r] = {"info": info, "order": order[:max(k_max, 12)], "curve": curve}
         searches = [("bisect", 10, 1)] + ([("ranked", 6, 2), ("greedy", 6, 2)]
                                           if r == "int8_alone" and old else [])
+        searches = searches if search else []
         for strategy, trials, per in searches:
             res = run_search(ctx, r, strategy, (order, info), max_trials=trials, per_trial=per,
                              test_every_trial=strategy == "bisect" and r in test_curve)
@@ -209,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--test-curve", default="float_alone,greedy",
                    help="rankings whose bisect trials are all scored on the test part too")
     p.add_argument("--no-old", action="store_true", help="skip the ranked/greedy strategies")
+    p.add_argument("--no-search", action="store_true",
+                   help="only the rankings and their --curve (no fallback search)")
     p.add_argument("--effort", default="best", help="quantization.effort under the fallback")
     p.add_argument("--work", default="/tmp/xtrt-bench")
     p.add_argument("--json", help="append one row per model to this JSON-lines file")
@@ -216,9 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     for m in [x.strip() for x in a.models.split(",") if x.strip()]:
         row = run_model(m, Path(a.work), a.curve, [r for r in a.rankings.split(",") if r],
-                        test_curve=a.test_curve.split(","), old=not a.no_old, effort=a.effort)
-        png = plot(row, Path(a.png_dir) / f"fallback_{m}.png")
-        print(f"{row['model']}: curve in {png}", file=sys.stderr)
+                        test_curve=a.test_curve.split(","), old=not a.no_old, effort=a.effort,
+                        search=not a.no_search)
+        if row["searches"]:
+            png = plot(row, Path(a.png_dir) / f"fallback_{m}.png")
+            print(f"{row['model']}: curve in {png}", file=sys.stderr)
         if a.json:
             with open(a.json, "a") as fh:
                 fh.write(json.dumps(row, default=str) + "\n")
