@@ -357,7 +357,8 @@ def score(ev, model) -> dict:
         out.update(top1=t["top1_agreement"], agree=t.get("agree"), total=t.get("total"),
                    top1_ci=wilson(t.get("agree") or 0, t.get("total") or 0))
     elif t.get("kind") == "detection":
-        out.update(map50_95=t.get("map50_95"), reference_boxes=t.get("reference_boxes"),
+        out.update(map50_95=t.get("map50_95"), map50=t.get("map50"),
+                   reference_boxes=t.get("reference_boxes"),
                    detections=t.get("detections"), conf=ev.data.conf)
         if t.get("map50_95") is not None:
             out["map_ci"] = _boot_map(ev, rec.dets, rng)
@@ -381,8 +382,9 @@ def fidelity_text(f: dict) -> str:
         return (f"{f['agree']}/{f['total']} ({f['top1']:.1%} [{lo:.1%}, {hi:.1%}]), {sq}")
     if "reference_boxes" in f:
         m = f.get("map50_95")
-        return (f"mAP {m:.3f}{_ci(f.get('map_ci'))} ({f.get('reference_boxes')} FP32 boxes at "
-                f"conf {f.get('conf', 0.25):g}, {f.get('detections')} det)"
+        m50 = f" (mAP50 {f['map50']:.3f})" if f.get("map50") is not None else ""
+        return (f"mAP {m:.3f}{_ci(f.get('map_ci'))}{m50} ({f.get('reference_boxes')} FP32 boxes "
+                f"at conf {f.get('conf', 0.25):g}, {f.get('detections')} det)"
                 if m is not None else f"- ({f.get('reference_boxes')} FP32 boxes)")
     return f"SQNR {sq} ({f.get('images')} images)"
 
