@@ -38,6 +38,16 @@ def _photos(work: Path) -> list[Path]:
     return sorted(collect_photos(work / "photos_all", opencv_doc=True, download=True))
 
 
+def _complete_png(path: Path) -> bool:
+    """``path`` exists and ends with PNG's IEND chunk (a write that was cut off does not)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-12, os.SEEK_END)
+            return fh.read(12) == b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    except OSError:
+        return False
+
+
 def _frames(work: Path, step: int) -> tuple[list[Path], str]:
     from xtrt.examples.photos import opencv_doc_dir
 
@@ -59,7 +69,7 @@ def _frames(work: Path, step: int) -> tuple[list[Path], str]:
             break
         if i % step == 0:
             path = out_dir / f"vtest_{i:04d}.png"
-            if not path.exists() or cv2.imread(str(path)) is None:
+            if not _complete_png(path):
                 # written under a temporary name and renamed: a run stopped mid-write left a
                 # truncated PNG once, which the loader skipped (309 of 310 images scored)
                 tmp = path.with_name(f".{path.stem}.{os.getpid()}.png")

@@ -25,6 +25,7 @@ activation's QuantizeLinear/DequantizeLinear pair or a layer's weight Dequantize
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -61,16 +62,19 @@ class Study:
                      for t in onnx.load(str(bench.model)).graph.initializer}
         self.sites = _sites(self.q)
         g = self.q.graph
-        cons: dict[str, list] = {}
-        for n in g.node:
+        cons: dict[str, list[int]] = {}       # tensor -> indices of the nodes reading it
+        for k, n in enumerate(g.node):
             for i in n.input:
-                cons.setdefault(i, []).append(n)
-        qof = {n.input[0]: n for n in g.node if n.op_type == "QuantizeLinear"}
-        self.readers: dict[str, list] = {}    # activation -> nodes reading its DequantizeLinear
+                cons.setdefault(i, []).append(k)
+        qof = {n.input[0]: k for k, n in enumerate(g.node) if n.op_type == "QuantizeLinear"}
+        self.pair: dict[str, list[int]] = {}  # activation -> its Q and DQ node indices
+        self.readers: dict[str, list] = {}    # activation -> nodes reading its DQ
         for kind, t in self.sites:
             if kind == "act":
-                dqs = [d for d in cons.get(qof[t].output[0], []) if d.op_type == "DequantizeLinear"]
-                self.readers[t] = [c for d in dqs for c in cons.get(d.output[0], [])]
+                dqs = [d for d in cons.get(g.node[qof[t]].output[0], [])
+                       if g.node[d].op_type == "DequantizeLinear"]
+                self.pair[t] = [qof[t], *dqs]
+                self.readers[t] = [g.node[c] for d in dqs for c in cons.get(g.node[d].output[0], [])]
 
     def acts(self, pred=lambda t: True):
         return [s for s in self.sites if s[0] == "act" and pred(s[1])]
@@ -159,15 +163,11 @@ def mix(st: Study) -> None:
         m = onnx.ModelProto()
         m.CopyFrom(st.q)
         g = m.graph
-        for n in list(g.node):
-            if n.op_type == "QuantizeLinear" and n.input[0] in scale:
-                name = f"{n.input[0]}_scale_{method}"
-                g.initializer.append(numpy_helper.from_array(
-                    np.array(scale[n.input[0]], np.float32), name))
-                for d in g.node:
-                    if d.op_type == "DequantizeLinear" and d.input[0] == n.output[0]:
-                        d.input[1] = name
-                n.input[1] = name
+        for t, value in scale.items():
+            name = f"{t}_scale_{method}"
+            g.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+            for k in st.pair[t]:
+                g.node[k].input[1] = name
         st.score(f"conv inputs outside the head on {method} scales, the rest minmax", m,
                  len(scale))
 
@@ -182,8 +182,8 @@ def main(argv=None) -> int:
     work = Path(a.work)
     bench = _bench.load_bench("yolo", work)
     ev = _bench.evaluator(bench, bench.sel if a.part == "selection" else bench.test, a.part)
-    with open(a.json, "a") if a.json else open("/dev/null", "w") as out:
-        st = Study(bench, ev, work, out if a.json else None)
+    with open(a.json, "a") if a.json else contextlib.nullcontext() as out:
+        st = Study(bench, ev, work, out)
         for what in a.what.split(","):
             {"ceiling": ceiling, "groups": groups, "stages": stages, "weights": weights, "mix": mix}[what.strip()](st)
     ev.close()

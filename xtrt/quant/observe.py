@@ -26,8 +26,8 @@ import numpy as np
 from xtrt.quant.buffers import OutputBuffers, inferred_specs as _inferred_specs
 from xtrt.runtime.feed import DeviceFeed, bind_inputs
 
-__all__ = ["AUTO_METHODS", "FAST_METHODS", "PERCENTILE", "collect_ranges", "collect_statistics", "batch_range",
-           "OutputBuffers", "release_sessions"]
+__all__ = ["AUTO_METHODS", "FAST_METHODS", "PERCENTILE", "collect_ranges", "collect_statistics",
+           "batch_range", "OutputBuffers", "release_sessions"]
 
 log = logging.getLogger(__name__)
 

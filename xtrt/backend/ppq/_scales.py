@@ -160,6 +160,11 @@ def _kl_best_bins(hists: np.ndarray, quant_bins: int) -> tuple[np.ndarray, np.nd
     return np.asarray(ranges)[best], tie
 
 
+def _xlogx(x: np.ndarray) -> np.ndarray:
+    """``x log x`` with ``0 log 0 = 0`` (``x >= 0``)."""
+    return np.where(x > 0, x * np.log(np.where(x > 0, x, 1)), 0.0)
+
+
 def entropy_best_bins(hists: np.ndarray, quant_bins: int = 128, start: int = 128,
                       chunk: int = 8) -> np.ndarray:
     """TensorRT's entropy calibration (the legacy ``IInt8EntropyCalibrator2`` algorithm, as
@@ -186,12 +191,9 @@ def entropy_best_bins(hists: np.ndarray, quant_bins: int = 128, start: int = 128
     cands = np.arange(start, bins + 1)
     # level edges of candidate i: bins [ceil(i*g/Q), ceil(i*(g+1)/Q)) (np.digitize on linspace)
     edges = np.stack([np.ceil(np.linspace(0, i, quant_bins + 1)).astype(np.int64) for i in cands])
-    edges[:, -1] = cands
-    with np.errstate(divide="ignore", invalid="ignore"):
-        blogb = np.where(h > 0, h * np.log(np.where(h > 0, h, 1)), 0.0)
     zero = np.zeros((t, 1))
     cb = np.concatenate([zero, np.cumsum(h, axis=1)], axis=1)           # [t, bins + 1]
-    cl = np.concatenate([zero, np.cumsum(blogb, axis=1)], axis=1)
+    cl = np.concatenate([zero, np.cumsum(_xlogx(h), axis=1)], axis=1)
     cn = np.concatenate([zero, np.cumsum(h > 0, axis=1)], axis=1)
     total = cb[:, -1:]                                                   # P, [t, 1]
     out = np.empty(t, dtype=np.int64)
@@ -208,9 +210,7 @@ def entropy_best_bins(hists: np.ndarray, quant_bins: int = 128, start: int = 128
                             / np.where(c[:, :, -1] > 0, c[:, :, -1], 1))
             below = b[:, cands]                                        # Q
             # sum p log p: bins below i-1 as they are, bin i-1 with the tail on it
-            plogp = (l[:, cands - 1] + np.where(last + tail > 0, (last + tail)
-                                                * np.log(np.where(last + tail > 0, last + tail, 1)),
-                                                0.)) / P - np.log(P)
+            plogp = (l[:, cands - 1] + _xlogx(last + tail)) / P - np.log(P)
             plogq = (level.sum(axis=2) + tail * q_last) / P - np.log(np.where(below > 0, below, 1))
             kl = plogp - plogq
         kl = np.where((last == 0) & (tail > 0), np.inf, kl)
