@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,7 @@ def write_outputs(rec: RunRecord) -> QuantResult:
     from xtrt.report.markdown import render_report_md
     from xtrt.trt.kept_float import write_kept_float
 
+    t0 = time.perf_counter()
     job, prepared, cal, placement = rec.job, rec.prepared, rec.calibrated.result, rec.placement
     cfg, stage = job.cfg, job.stage
     versions = _versions()
@@ -93,6 +95,8 @@ def write_outputs(rec: RunRecord) -> QuantResult:
     plots = _plots(stage, report, rec.fallback, cfg, rec.scatter)
     report["plots"] = [p.name for p in plots]
     _tensorboard(stage, report)
+    # this stage's own time (files, plots, TensorBoard), up to the report itself
+    report["timings_s"]["report"] = round(time.perf_counter() - t0, 3)
     write_json_atomic(stage / "report.json", report)
     write_text_atomic(stage / "report.md", render_report_md(report))
     shutil.rmtree(stage / ".cache", ignore_errors=True)
