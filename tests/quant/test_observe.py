@@ -354,30 +354,3 @@ def test_cuda_runner_is_kept_for_the_same_model_and_tensors(tmp_path, monkeypatc
     observe._runner(model, ["c1"], "cpu")
     assert made == [("input", "c1"), ("c1",), ("c1",), ("c1",), ("c1",)]
     observe.release_sessions()
-
-
-def test_grouped_reductions_match_per_tensor(monkeypatch):
-    """Small tensors are reduced together (one segmented min/max, one bincount a group): the same
-    ranges and histograms as one tensor at a time, groups split by size, values above the range
-    and NaN dropped from the histogram as torch.histc drops them."""
-    import xtrt.quant.observe as observe
-
-    rng = np.random.default_rng(3)
-    shapes = [(2, 3, 5, 5), (1,), (2, 7), (4, 3, 9, 9), (2, 16), (3, 40, 40), (5,)]
-    values = [torch.from_numpy(rng.normal(size=s).astype(np.float32) * (i + 1))
-              for i, s in enumerate(shapes)]
-    values[2][0, 0] = float("nan")
-    monkeypatch.setattr(observe, "GROUP_NUMEL", 600)        # several groups, one tensor alone
-    monkeypatch.setattr(observe, "GROUP_ON_CPU", True)      # the CUDA code path, on CPU tensors
-    assert observe._groups(values, 600) == [[3], [5], [0, 1, 2, 4, 6]]
-    got = observe._torch_ranges(values, "minmax").numpy().reshape(-1, 2)
-    for v, (lo, hi) in zip(values, got):
-        ok = v[~torch.isnan(v)]
-        if v.numel() == ok.numel():
-            assert (lo, hi) == (float(v.min()), float(v.max()))
-    tops = [float(np.nanmax(np.abs(v.numpy()))) * 0.8 for v in values]   # some values above top
-    hist = observe._torch_abs_hists(values, 64, tops).numpy()
-    for v, top, h in zip(values, tops, hist):
-        a = np.abs(v.numpy().reshape(-1))
-        want, _ = np.histogram(a[np.isfinite(a)], bins=64, range=(0.0, top))
-        assert h.sum() == want.sum() and np.abs(h - want).sum() <= 2

@@ -305,90 +305,6 @@ def _torch_abs_hist(v, bins: int, top: float):
     return out
 
 
-GROUP_NUMEL = 1 << 20    # on CUDA, tensors up to this size are reduced together (0: one at a time)
-GROUP_ON_CPU = False     # CPU tensors: one at a time (no launch cost to save; the concatenation
-                         # made it 1.4x slower for histograms, 13x for minmax, on this CPU)
-
-
-def _groups(values: Sequence, limit: int) -> list[list[int]]:
-    """Indices of ``values`` in groups of small tensors whose sizes sum to at most ``limit``,
-    and each larger tensor alone (a group of one); all alone for CPU tensors unless
-    ``GROUP_ON_CPU``."""
-    if len(values) and not values[0].is_cuda and not GROUP_ON_CPU:
-        return [[i] for i in range(len(values))]
-    groups, cur, size = [], [], 0
-    for i, v in enumerate(values):
-        n = v.numel()
-        if n > limit:
-            groups.append([i])
-            continue
-        if cur and size + n > limit:
-            groups.append(cur)
-            cur, size = [], 0
-        cur.append(i)
-        size += n
-    if cur:
-        groups.append(cur)
-    return groups
-
-
-def _cat_float(values: Sequence, idx: Sequence[int]):
-    """The tensors ``idx`` of ``values`` flattened into one float32 tensor, and their lengths
-    (a device tensor) and total."""
-    import torch
-
-    flats = [values[i].reshape(-1) for i in idx]
-    flats = [f if f.dtype == torch.float32 else f.float() for f in flats]
-    lens = [f.numel() for f in flats]
-    return torch.cat(flats), torch.tensor(lens, device=flats[0].device), sum(lens)
-
-
-def _torch_ranges(values: Sequence, method: str):
-    """``[2 * len(values)]`` (low, high) of every tensor, as :func:`_torch_range` gives them, on
-    the device.  minmax over small tensors is one segmented min and max per group instead of a
-    reduction launched per tensor (EfficientNet-Lite0 has ~100 activations, most of them small)."""
-    import torch
-
-    if method != "minmax":
-        return torch.stack([x for v in values for x in _torch_range(v, method)])
-    out = [None] * len(values)
-    for g in _groups(values, GROUP_NUMEL):
-        if len(g) == 1 or any(values[i].numel() == 0 for i in g):
-            for i in g:
-                out[i] = torch.stack(_torch_range(values[i], method))
-            continue
-        x, lens, _ = _cat_float(values, g)
-        lo = torch.segment_reduce(x, "min", lengths=lens)
-        hi = torch.segment_reduce(x, "max", lengths=lens)
-        for k, i in enumerate(g):
-            out[i] = torch.stack((lo[k], hi[k]))
-    return torch.cat(out)
-
-
-def _torch_abs_hists(values: Sequence, bins: int, tops: Sequence[float]):
-    """``[len(values), bins]`` float64 histograms of |v| over [0, top] (:func:`_torch_abs_hist`'s
-    bins), small tensors counted together: their bin indices offset by tensor and one
-    ``bincount`` a group, instead of a ``histc`` (and its launches) per tensor and batch."""
-    import torch
-
-    dev = values[0].device if len(values) else "cpu"
-    out = torch.zeros((len(values), bins), dtype=torch.float64, device=dev)
-    for g in _groups(values, min(GROUP_NUMEL, HIST_CHUNK)):
-        if len(g) == 1:
-            out[g[0]] = _torch_abs_hist(values[g[0]], bins, tops[g[0]])
-            continue
-        x, lens, total = _cat_float(values, g)
-        x = x.abs_()
-        t = torch.tensor([float(tops[i]) for i in g], dtype=torch.float32, device=dev)
-        top = t.repeat_interleave(lens, output_size=total)
-        idx = (x * (bins / top)).floor_().clamp_(max=bins - 1).long()
-        idx += (torch.arange(len(g), device=dev) * bins).repeat_interleave(lens, output_size=total)
-        idx = torch.where(x <= top, idx, len(g) * bins)      # above top, NaN: the dropped bin
-        counts = torch.bincount(idx, minlength=len(g) * bins + 1)[:len(g) * bins]
-        out[g] += counts.view(len(g), bins).double()
-    return out
-
-
 class _RangeAcc:
     """Per-batch (low, high) of every tensor for the methods asked, kept where they were computed
     (device 0-d tensors on torch, floats on numpy) and brought to the host once at the end."""
@@ -400,7 +316,10 @@ class _RangeAcc:
     def add(self, values: Sequence) -> None:
         for m in self.methods:
             if self.runner.torch:
-                self.rows[m].append(_torch_ranges(values, m) if len(values) else None)
+                import torch
+
+                pairs = [x for v in values for x in _torch_range(v, m)]
+                self.rows[m].append(torch.stack(pairs) if pairs else None)
             else:
                 self.rows[m].append([x for v in values for x in batch_range(v, m)])
 
@@ -437,7 +356,10 @@ class _HistAcc:
 
     def add(self, values: Sequence) -> None:
         if self.runner.torch:
-            h = _torch_abs_hists(values, self.bins, self.tops)
+            import torch
+
+            h = torch.stack([_torch_abs_hist(v, self.bins, top)
+                             for v, top in zip(values, self.tops)])
         else:
             h = np.stack([self.runner.abs_hist(v, self.bins, top)
                           for v, top in zip(values, self.tops)]).astype(np.int64)
