@@ -108,6 +108,9 @@ def test_report_numbers_match_a_reevaluation(tiny_run):
     tmp, model, out = tiny_run
     rep = json.loads((out / "report.json").read_text())
     assert rep["schema_version"] == 1 and rep["task"]["kind"] == "classification"
+    # every stage is timed, the writing of the outputs (plots, TensorBoard) included
+    assert {"prepare", "calibrate", "verify", "report"} <= set(rep["timings_s"])
+    assert all(v >= 0 for v in rep["timings_s"].values()) and rep["timings_s"]["report"] > 0
     # re-evaluate top-1 agreement on the test part of the held-out files (the files after
     # calibration, less the selection part auto chose its method on)
     from xtrt.config import PreprocessConfig
