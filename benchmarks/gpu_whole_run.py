@@ -46,7 +46,7 @@ def settings(a) -> list[str]:
             f"calibration.batch_size={b}", "calibration.method=auto",
             f"evaluation.data={a.images}", f"evaluation.count={a.count}",
             f"evaluation.batch_size={b}", "analysis.layerwise=true",
-            *([] if getattr(a, "no_target", False) else
+            *([] if a.no_target else
               ["analysis.target.metric=map50_95", "analysis.target.min_value=0.9"]), *a.extra]
 
 

@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from xtrt.quant.buffers import OutputBuffers, inferred_specs as _inferred_specs
+from xtrt.quant.reuse import CUDA_SCORING
 from xtrt.runtime.feed import DeviceFeed, bind_inputs
 
 __all__ = ["AUTO_METHODS", "FAST_METHODS", "PERCENTILE", "collect_ranges", "collect_statistics",
@@ -264,13 +265,11 @@ class _StatsRunner:
         return _torch_abs_hist(v, bins, top).cpu().numpy().astype(np.int64)
 
 
-#: ONNX Runtime CUDA EP options of the statistics session: grow the arena by what is asked, not
-#: to the next power of two (the activations live in torch buffers; ORT holds only the rest)
-#: and take cuDNN's heuristic conv plans (an exhaustive search cost a new YOLOv8n 640 b32 session
-#: about 1 s on an H200, the plans it found no faster) without its maximal workspace
-STATS_CUDA_OPTIONS: dict[str, str] = {"arena_extend_strategy": "kSameAsRequested",
-                                      "cudnn_conv_algo_search": "HEURISTIC",
-                                      "cudnn_conv_use_max_workspace": "0"}
+#: ONNX Runtime CUDA EP options of the statistics session: the scoring sessions' (arena grown by
+#: what is asked, the activations living in torch buffers; cuDNN's heuristic conv plans: an
+#: exhaustive search cost a new YOLOv8n 640 b32 session about 1 s on an H200, the plans it found
+#: no faster), without cuDNN's maximal workspace
+STATS_CUDA_OPTIONS: dict[str, str] = {**CUDA_SCORING, "cudnn_conv_use_max_workspace": "0"}
 HIST_CHUNK = 1 << 24     # torch.histc counts in float32: exact up to 2**24 a bin, so chunk by that
 
 

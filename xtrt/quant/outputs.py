@@ -96,7 +96,7 @@ def write_outputs(rec: RunRecord) -> QuantResult:
     report["plots"] = [p.name for p in plots]
     _tensorboard(stage, report)
     # this stage's own time (files, plots, TensorBoard), up to the report itself
-    report["timings_s"]["report"] = round(time.perf_counter() - t0, 3)
+    report["timings_s"] = {**rec.timings, "report": round(time.perf_counter() - t0, 3)}
     write_json_atomic(stage / "report.json", report)
     write_text_atomic(stage / "report.md", render_report_md(report))
     shutil.rmtree(stage / ".cache", ignore_errors=True)
